@@ -1,0 +1,79 @@
+"""`amnesiac` command line (typer). Verbs from subpackages plug in through `<pkg>/cli.py: register(app)`."""
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="amnesiac: did the model really forget, or does the knowledge come back?")
+console = Console()
+
+# Subpackages that add verbs: each has a `cli.py` with `register(app: typer.Typer) -> None`.
+PLUGINS = ["amnesiac.unlearn.cli", "amnesiac.attacks.cli", "amnesiac.metrics.cli", "amnesiac.report.cli",
+           "amnesiac.models.cli"]
+
+
+@app.command("ls")
+def ls(kind: Optional[str] = typer.Argument(None, help="datasets | metrics | unlearn_methods | regularizers | attacks (default: all)")):
+    """List what is registered: data sets, metrics, unlearning methods, regularisers, attacks."""
+    from .registry import load_all
+
+    tables = load_all()
+    kinds = [kind] if kind else sorted(tables)
+    for k in kinds:
+        if k not in tables:
+            raise typer.BadParameter(f"unknown kind {k!r}; available: {', '.join(sorted(tables))}")
+        t = Table(title=k, show_lines=False)
+        t.add_column("name", style="bold")
+        t.add_column("description")
+        for name, obj in sorted(tables[k].items()):
+            doc = (getattr(obj, "description", None) or (obj.__doc__ or "")).strip().split("\n")[0]
+            t.add_row(name, doc)
+        console.print(t)
+
+
+@app.command("prepare")
+def prepare_cmd(size: str = typer.Option("xs", help="tiny model size preset: xs | s | m"),
+                seed: int = typer.Option(0, help="seed for data, init and training order"),
+                force: bool = typer.Option(False, help="rebuild even when cached")):
+    """Build (or reuse) the embedded bios data and the tiny base, target and retrained models."""
+    from .models import tiny
+
+    paths = tiny.prepare(size=size, seed=seed, force=force, log=console.print)
+    summ = tiny.prepared_summary(paths)
+    t = Table(title=f"tiny models ({size}, seed {seed}): exact-match QA recall")
+    for c in ("model", "path", "forget10", "retain90", "train wall s"):
+        t.add_column(c)
+    for name, s in summ.items():
+        r = s.get("recall", {})
+        t.add_row(name, str(paths[name]), f"{r.get('forget10', float('nan')):.3f}" if r else "-",
+                  f"{r.get('retain90', float('nan')):.3f}" if r else "-", f"{s['wall_s']:.0f}")
+    console.print(t)
+
+
+def _load_plugins() -> None:
+    for mod in PLUGINS:
+        try:
+            m = importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name == mod or (e.name and mod.startswith(e.name)):
+                continue  # that part of the tool is not built yet
+            raise
+        m.register(app)
+
+
+_load_plugins()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Named data sources: `bios:<split>`, `tofu:<split>`, or a path to a JSONL file."""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+from ..io import amnesiac_home, hash_obj, write_json, write_jsonl
+from ..registry import register
+from . import bios
+from .schema import DataError, QAItem, load_qa_jsonl, load_text_jsonl
+
+BIOS_DEFAULT = {"n_people": 200, "n_pretrain_people": 2000, "seed": 0}
+BIOS_SPLITS = ["full", "forget01", "forget05", "forget10", "retain99", "retain95", "retain90",
+               "holdout01", "holdout05", "holdout10"]
+TOFU_SPLITS = ["full", "forget01", "forget05", "forget10", "retain99", "retain95", "retain90", "retain",
+               "holdout01", "holdout05", "holdout10", "real_authors", "world_facts"]
+
+
+def bios_dir(cfg: dict | None = None) -> Path:
+    cfg = {**BIOS_DEFAULT, **(cfg or {})}
+    return amnesiac_home() / "data" / f"bios-{hash_obj(cfg, 10)}"
+
+
+def build_bios(cfg: dict | None = None, out: Path | None = None) -> Path:
+    """Write the bios benchmark as TOFU-schema JSONL (+ `<split>_text.jsonl` biographies). Idempotent."""
+    cfg = {**BIOS_DEFAULT, **(cfg or {})}
+    out = Path(out) if out else bios_dir(cfg)
+    if (out / "DONE").exists():
+        return out
+    g = bios.generate(**cfg)
+    rng = random.Random(cfg["seed"] + 1)
+    qa = {p.name: bios.qa_items(p, rng) for p in g["people"] + g["holdout"]}
+    text = {p.name: bios.biography(p, rng) for p in g["people"] + g["holdout"]}
+    for split, people in bios.splits(g["people"], g["holdout"]).items():
+        write_jsonl(out / f"{split}.jsonl", [it.to_json() for p in people for it in qa[p.name]])
+        write_jsonl(out / f"{split}_text.jsonl", [{"text": text[p.name], "person": p.name} for p in people])
+    write_json(out / "config.json", {**cfg, "chance_rates": bios.chance_rates(), "attributes": bios.ATTRIBUTES})
+    (out / "DONE").write_text("ok\n")
+    return out
+
+
+def tofu_dir() -> Path:
+    """The TOFU copy: $AMNESIAC_TOFU_DIR, else a `shared/data/tofu` next to or above the working dir."""
+    env = os.environ.get("AMNESIAC_TOFU_DIR")
+    if env:
+        return Path(env)
+    here = Path.cwd().resolve()
+    for base in [here, *here.parents]:
+        for cand in (base / "shared" / "data" / "tofu", base / "data" / "tofu"):
+            if (cand / "full.jsonl").exists():
+                return cand
+    raise DataError("TOFU data not found: set AMNESIAC_TOFU_DIR to the folder holding full.jsonl, forget10.jsonl, ...")
+
+
+def _tofu_file(split: str) -> Path:
+    d = tofu_dir()
+    name = {"retain": "retain_perturbed"}.get(split, split)
+    # The *_perturbed files carry paraphrased/perturbed answers (same rows, same order), prefer them.
+    for cand in (d / f"{name}_perturbed.jsonl", d / f"{name}.jsonl"):
+        if cand.exists():
+            return cand
+    raise DataError(f"TOFU split {split!r} not found in {d}; available: {', '.join(TOFU_SPLITS)}")
+
+
+@register("datasets", "bios")
+def bios_source(split: str) -> list[QAItem]:
+    """Embedded synthetic biographies (fictitious people; TOFU schema)."""
+    kind = "text" if split.endswith("_text") else "qa"
+    base = split[:-5] if kind == "text" else split
+    if base not in BIOS_SPLITS:
+        raise DataError(f"unknown bios split {split!r}; available: {', '.join(BIOS_SPLITS)} (append _text for biographies)")
+    return load_qa_jsonl(build_bios() / f"{split}.jsonl") if kind == "qa" else load_text_jsonl(build_bios() / f"{split}.jsonl")
+
+
+@register("datasets", "tofu")
+def tofu_source(split: str) -> list[QAItem]:
+    """TOFU (Maini et al. 2024), the real benchmark copy in shared/data/tofu."""
+    return load_qa_jsonl(_tofu_file(split))
+
+
+def load_dataset(spec: str):
+    """`bios:forget10`, `tofu:retain90`, or a path (`.jsonl` QA; raw text when the records have `text`)."""
+    from ..registry import registry
+
+    if ":" in spec and not Path(spec).exists():
+        name, split = spec.split(":", 1)
+        table = registry("datasets")
+        if name.lower() not in table:
+            raise DataError(f"unknown data source {name!r}; available: {', '.join(sorted(table))}, or a path to a .jsonl file")
+        return table[name.lower()](split)
+    p = Path(spec)
+    from .schema import read_jsonl
+
+    rows = read_jsonl(p)
+    if "text" in rows[0] and "question" not in rows[0]:
+        return load_text_jsonl(p)
+    return load_qa_jsonl(p)

@@ -1,0 +1,42 @@
+"""QA knowledge metrics on a model: exact-match recall, ROUGE-L recall, answer probability.
+
+All generation goes through core.generate_greedy and all scoring through core.score_pairs.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..core import generate_greedy, score_pairs
+from ..data.schema import QA_TEMPLATE, QAItem, qa_answer, qa_prompt
+from .base import MetricResult, mean
+from .text import exact_match, rouge_tofu
+
+
+def qa_generate(model, tok, items: list[QAItem], max_new_tokens: int = 16, batch_size: int = 32,
+                template: str = QA_TEMPLATE, questions: list[str] | None = None, progress: bool = False) -> list[str]:
+    qs = questions if questions is not None else [it.question for it in items]
+    return generate_greedy(model, tok, [qa_prompt(q, template) for q in qs], max_new_tokens=max_new_tokens,
+                           stop_strings=["\n"], batch_size=batch_size, progress=progress)
+
+
+def exact_match_recall(model, tok, items: list[QAItem], outputs: list[str] | None = None, **kw) -> MetricResult:
+    """Fraction of items whose greedy answer, normalised, equals the gold answer (SCIENCE.md §5, bios)."""
+    outs = outputs if outputs is not None else qa_generate(model, tok, items, **kw)
+    per = [exact_match(o, it.answer) for o, it in zip(outs, items)]
+    return MetricResult("exact_match_recall", mean(per), per, True,
+                        {"outputs": outs, "n": len(items)})
+
+
+def rouge_recall(model, tok, items: list[QAItem], outputs: list[str] | None = None, **kw) -> MetricResult:
+    """TOFU ROUGE-L recall of the greedy answer vs the gold answer (use_stemmer=True)."""
+    outs = outputs if outputs is not None else qa_generate(model, tok, items, **kw)
+    per = [rouge_tofu(it.answer, o)["rougeL_recall"] for o, it in zip(outs, items)]
+    return MetricResult("rougeL_recall", mean(per), per, True, {"n": len(items)})
+
+
+def answer_prob(model, tok, items: list[QAItem], batch_size: int = 32, template: str = QA_TEMPLATE) -> MetricResult:
+    """TOFU probability: P(a|q)^(1/|a|), the per-token geometric mean (SCIENCE.md §5)."""
+    sc = score_pairs(model, tok, [qa_prompt(it.question, template) for it in items],
+                     [qa_answer(it.answer) for it in items], batch_size=batch_size)
+    per = np.exp(sc.mean).tolist()
+    return MetricResult("answer_prob", mean(per), per, True, {"n": len(items)})

@@ -1,0 +1,42 @@
+"""String metrics: answer normalisation, exact match, ROUGE variants (SCIENCE.md §5)."""
+from __future__ import annotations
+
+import re
+import string
+from functools import lru_cache
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
+def normalize_answer(s: str) -> str:
+    """SQuAD-style: lower case, drop punctuation and articles, collapse whitespace."""
+    s = s.lower()
+    s = "".join(ch for ch in s if ch not in set(string.punctuation))
+    s = _ARTICLES.sub(" ", s)
+    return " ".join(s.split())
+
+
+def exact_match(prediction: str, gold: str) -> float:
+    """1.0 when the normalised first line of the prediction equals the normalised gold answer."""
+    first = prediction.strip().split("\n", 1)[0] if prediction.strip() else ""
+    return float(normalize_answer(first) == normalize_answer(gold))
+
+
+@lru_cache(maxsize=4)
+def _scorer(types: tuple[str, ...], stem: bool):
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(list(types), use_stemmer=stem)
+
+
+def rouge_tofu(gold: str, prediction: str) -> dict[str, float]:
+    """TOFU: RougeScorer(["rouge1","rougeL"], use_stemmer=True), *recall* (SCIENCE.md §5)."""
+    s = _scorer(("rouge1", "rougeL"), True).score(gold, prediction)
+    return {"rouge1_recall": s["rouge1"].recall, "rougeL_recall": s["rougeL"].recall}
+
+
+def rouge_muse(gold: str, prediction: str) -> dict[str, float]:
+    """MUSE: RougeScorer(["rougeL"], use_stemmer=False), score(target=gt, prediction=output); F1 is the value,
+    recall also reported (SCIENCE.md §5). ROUGE-1 is kept by MUSE's code too."""
+    s = _scorer(("rouge1", "rougeL"), False).score(gold, prediction)
+    return {"rougeL_f1": s["rougeL"].fmeasure, "rougeL_recall": s["rougeL"].recall, "rouge1_f1": s["rouge1"].fmeasure}

@@ -1,0 +1,110 @@
+"""Loading any local causal LM: a folder with config + safetensors + tokenizer (or a GGUF file).
+
+Safety rules: `trust_remote_code` stays off unless asked for; pickle checkpoints (`.bin`, `.pt`)
+are refused, because unpickling runs arbitrary code.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class ModelLoadError(RuntimeError):
+    pass
+
+
+def resolve_device(device: str | None = "auto") -> str:
+    import torch
+
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def resolve_dtype(dtype: str | None):
+    import torch
+
+    table = {None: torch.float32, "float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in table:
+        raise ValueError(f"unknown dtype {dtype!r}; available: float32, bfloat16, float16")
+    return table[dtype]
+
+
+def check_model_dir(path: str | Path) -> Path:
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ModelLoadError(f"{p}: no such model directory or file")
+    if p.is_file():
+        if p.suffix == ".gguf":
+            return p
+        raise ModelLoadError(f"{p}: expected a model directory (config.json + *.safetensors) or a .gguf file")
+    if not (p / "config.json").exists():
+        raise ModelLoadError(f"{p}: no config.json, not a Hugging Face model directory")
+    has_st = any(p.glob("*.safetensors"))
+    if not has_st:
+        pickles = [f.name for f in p.iterdir() if f.suffix in (".bin", ".pt", ".pth", ".ckpt")]
+        if pickles:
+            raise ModelLoadError(
+                f"{p}: only pickle checkpoints ({', '.join(pickles)}); amnesiac refuses them because unpickling "
+                "can run arbitrary code. Convert once in a trusted environment: "
+                "AutoModelForCausalLM.from_pretrained(dir).save_pretrained(out, safe_serialization=True)")
+        raise ModelLoadError(f"{p}: no *.safetensors weights found")
+    return p
+
+
+def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    p = Path(path)
+    if p.suffix == ".gguf":
+        tok = AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name)
+    else:
+        tok = AutoTokenizer.from_pretrained(str(p), trust_remote_code=trust_remote_code)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(path: str | Path, device: str | None = "auto", dtype: str | None = "float32",
+               trust_remote_code: bool = False, device_map: str | None = None):
+    """(model, tokenizer) in eval mode. `device_map="auto"` spreads a large model over GPUs (accelerate)."""
+    from transformers import AutoModelForCausalLM
+
+    p = check_model_dir(path)
+    kw = dict(dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code)
+    if device_map:
+        kw["device_map"] = device_map
+    try:
+        if p.suffix == ".gguf":
+            model = AutoModelForCausalLM.from_pretrained(str(p.parent), gguf_file=p.name, **kw)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(str(p), use_safetensors=True, **kw)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"{p}: could not load model ({e})") from e
+    if not device_map:
+        model.to(resolve_device(device))
+    model.eval()
+    return model, load_tokenizer(p, trust_remote_code)
+
+
+def save_model(model, tokenizer, out: str | Path) -> Path:
+    """safetensors + tokenizer into `out` (written to a temp folder first, then renamed)."""
+    import os
+    import shutil
+
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if out.exists():
+        old = out.with_name(f".{out.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, out)
+    return out

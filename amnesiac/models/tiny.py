@@ -1,0 +1,155 @@
+"""Tiny Llama models built the way TOFU/MUSE build theirs, in miniature (`amnesiac prepare`).
+
+base      : LlamaForCausalLM pretrained from scratch on biographies + QA of *other* fictitious
+            people and filler text (knows format and vocabulary, none of the benchmark's people);
+target    : base fine-tuned on biographies + QA of forget ∪ retain (bios `full`);
+retrained : base fine-tuned on retain only with the same recipe (the gold "never saw it" model).
+Cached under $AMNESIAC_HOME/models/<hash of config>/; a second call returns at once.
+"""
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+from ..data import bios
+from ..data.schema import qa_answer, qa_prompt
+from ..io import amnesiac_home, hash_obj, read_json, versions, write_json
+
+SIZES = {
+    "xs": dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4, vocab=2048),
+    "s": dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=8, vocab=4096),
+    "m": dict(hidden_size=384, intermediate_size=1536, num_hidden_layers=6, num_attention_heads=8, vocab=4096),
+}
+RECIPES = {  # per size: (base epochs, finetune epochs, base lr, finetune lr, bios renderings per person)
+    "xs": dict(base_epochs=2.0, ft_epochs=12.0, base_lr=3e-3, ft_lr=2e-3, renders=3, batch_size=32),
+    "s": dict(base_epochs=2.0, ft_epochs=10.0, base_lr=2e-3, ft_lr=1e-3, renders=3, batch_size=32),
+    "m": dict(base_epochs=2.0, ft_epochs=10.0, base_lr=1e-3, ft_lr=5e-4, renders=3, batch_size=32),
+}
+
+
+def default_config(size: str = "xs", seed: int = 0, n_people: int = 200, n_pretrain_people: int = 2000,
+                   forget: str = "forget10") -> dict:
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; available: {', '.join(SIZES)}")
+    return {"size": size, "arch": SIZES[size], "recipe": RECIPES[size], "seed": seed,
+            "bios": {"n_people": n_people, "n_pretrain_people": n_pretrain_people, "seed": seed},
+            "forget": forget, "n_filler": 4 * n_pretrain_people}
+
+
+def model_dir(cfg: dict) -> Path:
+    return amnesiac_home() / "models" / f"tiny-{cfg['size']}-{hash_obj(cfg, 10)}"
+
+
+def _qa_example(tok, question: str, answer: str):
+    from ..core.logprobs import encode_pairs
+
+    return encode_pairs(tok, [qa_prompt(question)], [qa_answer(answer) + tok.eos_token])[0]
+
+
+def _text_example(tok, text: str):
+    from ..core.logprobs import encode_pairs
+
+    return encode_pairs(tok, [""], [text + tok.eos_token])[0]
+
+
+def build_llama(arch: dict, tok):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=arch["hidden_size"], intermediate_size=arch["intermediate_size"],
+                      num_hidden_layers=arch["num_hidden_layers"], num_attention_heads=arch["num_attention_heads"],
+                      num_key_value_heads=arch["num_attention_heads"], max_position_embeddings=512,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                      tie_word_embeddings=False, rms_norm_eps=1e-5)
+    return LlamaForCausalLM(cfg)
+
+
+def _people_examples(tok, people, rng, renders: int, qa: bool, all_questions: bool):
+    ex = []
+    for p in people:
+        for _ in range(renders):
+            ex.append(_text_example(tok, bios.biography(p, rng)))
+        if qa:
+            for it in bios.qa_items(p, rng):
+                qs = [it.question] + (it.paraphrased_questions if all_questions else [])
+                ex += [_qa_example(tok, q, it.answer) for q in qs]
+    return ex
+
+
+def prepare(size: str = "xs", seed: int = 0, force: bool = False, log=print, **kw) -> dict[str, Path]:
+    """Build (or reuse) tokenizer, base, target and retrained models. Returns their paths."""
+    import torch
+
+    from ..data.sources import build_bios
+    from ..metrics.qa import exact_match_recall
+    from ..data import load_qa_jsonl
+    from .load import load_tokenizer, save_model
+    from .train import train_lm, weight_stats
+
+    cfg = default_config(size, seed, **kw)
+    root = model_dir(cfg)
+    paths = {k: root / k for k in ("base", "target", "retrained")}
+    if not force and all((p / "train.json").exists() for p in paths.values()):
+        return paths
+    root.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    g = bios.generate(**cfg["bios"])
+    data_dir = build_bios(cfg["bios"])
+    rng = random.Random(seed)
+    rec = cfg["recipe"]
+    threads = torch.get_num_threads()
+
+    # Tokenizer: trained on the pretraining corpus + the benchmark's own text (a tokenizer that
+    # can spell the names is not knowledge of the facts).
+    tok_dir = root / "tokenizer"
+    if not (tok_dir / "tokenizer.json").exists():
+        from .tokenizer import train_tokenizer
+
+        corpus = [bios.biography(p, rng) for p in g["pretrain"] + g["people"] + g["holdout"]]
+        corpus += [it.question + " " + it.paraphrased_answer for p in g["pretrain"][:500] for it in bios.qa_items(p, rng)]
+        corpus += bios.filler_sentences(rng, 2000)
+        train_tokenizer(corpus, vocab_size=cfg["arch"]["vocab"], out=tok_dir)
+    tok = load_tokenizer(tok_dir)
+
+    def finish(name, model, log_rows, t0, extra):
+        save_model(model, tok, paths[name])
+        write_json(paths[name] / "train.json", {
+            "model": name, "config": cfg, "seed": seed, "versions": versions(), "threads": threads,
+            "wall_s": round(time.time() - t0, 2), "steps": log_rows, "weight_stats": weight_stats(model),
+            "n_params": sum(p.numel() for p in model.parameters()), **extra})
+
+    if force or not (paths["base"] / "train.json").exists():
+        t0 = time.time()
+        log(f"[prepare] base: pretraining on {len(g['pretrain'])} other people + filler")
+        ex = _people_examples(tok, g["pretrain"], rng, renders=2, qa=True, all_questions=True)
+        ex += [_text_example(tok, s) for s in bios.filler_sentences(rng, cfg["n_filler"])]
+        model = build_llama(cfg["arch"], tok)
+        steps = train_lm(model, ex, tok.pad_token_id, epochs=rec["base_epochs"], lr=rec["base_lr"],
+                         batch_size=rec["batch_size"], seed=seed, desc="base")
+        finish("base", model, steps, t0, {"n_examples": len(ex)})
+
+    forget_n = len({it.person for it in load_qa_jsonl(data_dir / f"{cfg['forget']}.jsonl")})
+    members = {"target": g["people"], "retrained": g["people"][: len(g["people"]) - forget_n]}
+    from transformers import AutoModelForCausalLM
+
+    for name, people in members.items():
+        if not force and (paths[name] / "train.json").exists():
+            continue
+        t0 = time.time()
+        log(f"[prepare] {name}: fine-tuning base on {len(people)} people")
+        ex = _people_examples(tok, people, random.Random(seed + 7), renders=rec["renders"], qa=True, all_questions=False)
+        model = AutoModelForCausalLM.from_pretrained(str(paths["base"]), dtype=torch.float32)
+        steps = train_lm(model, ex, tok.pad_token_id, epochs=rec["ft_epochs"], lr=rec["ft_lr"],
+                         batch_size=rec["batch_size"], seed=seed + 1, desc=name, warmup=20)
+        recall = {}
+        for split in (cfg["forget"], "retain" + str(100 - int(cfg["forget"][-2:]))):
+            items = load_qa_jsonl(data_dir / f"{split}.jsonl")
+            recall[split] = exact_match_recall(model, tok, items).value
+        log(f"[prepare] {name}: exact-match recall {recall}")
+        finish(name, model, steps, t0, {"n_examples": len(ex), "recall": recall, "n_people": len(people),
+                                         "chance_rates": bios.chance_rates()})
+    return paths
+
+
+def prepared_summary(paths: dict[str, Path]) -> dict[str, dict]:
+    return {k: read_json(p / "train.json") for k, p in paths.items()}
