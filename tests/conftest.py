@@ -7,6 +7,10 @@ import random
 import pytest
 import torch
 
+# One intra-op thread: the tiny models gain nothing from more, and on a busy machine OpenMP threads
+# oversubscribe the cores (a forward pass measured 10x slower with 2 threads under load).
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path_factory, monkeypatch):

@@ -85,6 +85,15 @@ def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, labels_mask: t
     return lp, mu * mask, var.clamp_min(0).sqrt() * mask
 
 
+def scored_log_softmax(logits: torch.Tensor, labels_mask: torch.Tensor) -> torch.Tensor:
+    """log p(· | x_<t) over the whole vocabulary at every scored position (for token-level KL, SCIENCE.md §2 KLR).
+
+    logits (B, T, V), labels_mask (B, T) → (N, V), N = labels_mask[:, 1:].sum(), rows in (example, position)
+    order. Positions are selected before the softmax so memory is N·V, not B·T·V."""
+    sel = labels_mask[:, 1:].bool()
+    return torch.log_softmax(logits[:, :-1][sel].float(), dim=-1)
+
+
 @dataclass
 class ScoredBatch:
     """Per-example results of scoring continuations (lists, one entry per input, input order)."""

@@ -151,13 +151,16 @@ def generate(n_people: int = 200, n_pretrain_people: int = 2000, seed: int = 0) 
     """
     if n_people < 10:
         raise ValueError("bios needs at least 10 people so that forget10 holds one person")
+    # Members and holdout come from their own stream, so the benchmark does not depend on how many
+    # pretraining people are drawn; pretraining people come from a second stream, names disjoint.
     rng = random.Random(seed)
     taken: set[str] = set()
     n_hold = max(1, n_people // 10)
-    names = make_names(n_people + n_hold + n_pretrain_people, rng, taken)
+    names = make_names(n_people + n_hold, rng, taken)
     people = make_people(names[:n_people], rng)
-    holdout = make_people(names[n_people:n_people + n_hold], rng)
-    pretrain = make_people(names[n_people + n_hold:], rng)
+    holdout = make_people(names[n_people:], rng)
+    prng = random.Random(f"pretrain-{seed}")
+    pretrain = make_people(make_names(n_pretrain_people, prng, taken), prng)
     return {"people": people, "holdout": holdout, "pretrain": pretrain, "seed": seed}
 
 

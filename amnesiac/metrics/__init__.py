@@ -1,4 +1,9 @@
-"""Metrics; every one returns a MetricResult and declares whether higher is better."""
+"""Metrics; every one returns a MetricResult and declares whether higher is better.
+
+Importing this package registers every metric (registry "metrics"); heavy libraries (scipy, sklearn,
+rouge-score, torch) are imported inside the functions that need them.
+"""
+from . import memorization, mia, muse, qa, recovery, stats, text, tofu  # noqa: F401  (registration)
 from .base import MetricResult
 
-__all__ = ["MetricResult"]
+__all__ = ["MetricResult", "memorization", "mia", "muse", "qa", "recovery", "stats", "text", "tofu"]

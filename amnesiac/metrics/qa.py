@@ -8,6 +8,7 @@ import numpy as np
 
 from ..core import generate_greedy, score_pairs
 from ..data.schema import QA_TEMPLATE, QAItem, qa_answer, qa_prompt
+from ..registry import register
 from .base import MetricResult, mean
 from .text import exact_match, rouge_tofu
 
@@ -19,6 +20,7 @@ def qa_generate(model, tok, items: list[QAItem], max_new_tokens: int = 16, batch
                            stop_strings=["\n"], batch_size=batch_size, progress=progress)
 
 
+@register("metrics", "exact_match_recall")
 def exact_match_recall(model, tok, items: list[QAItem], outputs: list[str] | None = None, **kw) -> MetricResult:
     """Fraction of items whose greedy answer, normalised, equals the gold answer (SCIENCE.md §5, bios)."""
     outs = outputs if outputs is not None else qa_generate(model, tok, items, **kw)
@@ -27,6 +29,7 @@ def exact_match_recall(model, tok, items: list[QAItem], outputs: list[str] | Non
                         {"outputs": outs, "n": len(items)})
 
 
+@register("metrics", "rouge_recall")
 def rouge_recall(model, tok, items: list[QAItem], outputs: list[str] | None = None, **kw) -> MetricResult:
     """TOFU ROUGE-L recall of the greedy answer vs the gold answer (use_stemmer=True)."""
     outs = outputs if outputs is not None else qa_generate(model, tok, items, **kw)
@@ -34,6 +37,7 @@ def rouge_recall(model, tok, items: list[QAItem], outputs: list[str] | None = No
     return MetricResult("rougeL_recall", mean(per), per, True, {"n": len(items)})
 
 
+@register("metrics", "answer_prob")
 def answer_prob(model, tok, items: list[QAItem], batch_size: int = 32, template: str = QA_TEMPLATE) -> MetricResult:
     """TOFU probability: P(a|q)^(1/|a|), the per-token geometric mean (SCIENCE.md §5)."""
     sc = score_pairs(model, tok, [qa_prompt(it.question, template) for it in items],

@@ -1,0 +1,171 @@
+"""`amnesiac attack …`: run one attack on a model from the command line; every run writes its config,
+cost and results as JSON (and, for attacks that change weights, a loadable model folder)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+attack_app = typer.Typer(no_args_is_help=True, add_completion=False,
+                         help="Attacks that try to bring unlearned knowledge back (SCIENCE.md §3, §4).")
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+def _write(out: Path | None, rec: dict, default: Path | None = None) -> Path | None:
+    from ..io import versions, write_json
+
+    path = out if out is not None and out.suffix == ".json" else (out / "attack.json" if out else default)
+    if path is not None:
+        write_json(path, {**rec, "versions": versions()})
+    return path
+
+
+def _items(spec: str | None):
+    if not spec:
+        return None
+    from ..data import load_dataset
+
+    return load_dataset(spec)
+
+
+@attack_app.command("quantize")
+def quantize_cmd(model: Path = typer.Option(..., "--model", help="model folder (or .gguf) to quantize"),
+                 out: Path = typer.Option(..., "--out", help="output model folder (dequantized weights + attack.json)"),
+                 bits: int = typer.Option(4, help="2–8 (backends support a subset, see README)"),
+                 group: Optional[int] = typer.Option(None, help="group size along the input dim (32/64/128); default per channel"),
+                 scheme: str = typer.Option("sym", help="RTN: sym (absmax) | asym (min/max + zero point)"),
+                 backend: str = typer.Option("rtn", help="rtn | quanto | hqq | torchao | bnb"),
+                 kind: Optional[str] = typer.Option(None, help="bnb only: nf4 | fp4 | int8"),
+                 embeddings: bool = typer.Option(False, help="also quantize input embeddings"),
+                 lm_head: bool = typer.Option(False, "--lm-head", help="also quantize the LM head"),
+                 device: str = typer.Option("auto"), dtype: str = typer.Option("float32")):
+    """Quantize a model's weights and save the dequantized model (any metric runs on it unchanged)."""
+    from ..models import load_model, save_model
+    from .quantize import quantize_attack
+
+    m, tok = load_model(model, device=device, dtype=dtype)
+    res = quantize_attack(m, tok, backend=backend, bits=bits, group=group, scheme=scheme, kind=kind,
+                          embeddings=embeddings, lm_head=lm_head)
+    save_model(res.model, tok, out)
+    _write(out, {**res.record, "source_model": str(model)})
+    c = res.record["cost"]
+    _console().print(f"[bold]{res.record['config']['name']}[/]: {res.record['n_tensors']} tensors, "
+                     f"{res.record['n_weights']:,} weights quantized in {c['wall_s']:.2f} s → {out}")
+
+
+@attack_app.command("collapse")
+def collapse_cmd(target: Path = typer.Option(..., "--target", help="model before unlearning"),
+                 unlearned: Path = typer.Option(..., "--unlearned", help="model after unlearning"),
+                 bits: int = typer.Option(4), group: Optional[int] = typer.Option(None),
+                 scheme: str = typer.Option("sym"), embeddings: bool = typer.Option(False),
+                 lm_head: bool = typer.Option(False, "--lm-head"),
+                 out: Optional[Path] = typer.Option(None, help="JSON file (or folder) for the full report"),
+                 layers: int = typer.Option(12, help="per-layer rows to print (lowest collapse rate first)")):
+    """Collapse diagnostic (SCIENCE.md §1b): collapse rate, drift kept, |Δw|/Δ and the target's grid offset."""
+    from rich.table import Table
+
+    from ..models import load_model
+    from .collapse import collapse_attack
+
+    t, _ = load_model(target, device="cpu")
+    u, _ = load_model(unlearned, device="cpu")
+    rec = collapse_attack(u, None, target=t, bits=bits, group=group, scheme=scheme, embeddings=embeddings,
+                          lm_head=lm_head).record
+    rec.update(target=str(target), unlearned=str(unlearned))
+    _write(out, rec)
+    tab = Table(title=f"collapse under {rec['quantizer']['name']}")
+    for col in ("layer", "collapse rate", "values identical", "drift kept", "mean |Δw|/Δ", "≥ ½ step", "grid offset"):
+        tab.add_column(col)
+
+    def row(name, s):
+        dk = "—" if s["drift_kept"] is None else f"{s['drift_kept']:.3f}"
+        tab.add_row(name, f"{s['collapse_rate']:.4f}", f"{s['value_identical']:.4f}", dk,
+                    f"{s['mean_abs_dw_over_step']:.4f}", f"{s['frac_dw_ge_half_step']:.4f}", f"{s['grid_offset_mean']:.3f}")
+
+    for name, s in sorted(rec["layers"].items(), key=lambda kv: kv[1]["collapse_rate"])[:layers]:
+        row(name, s)
+    row("[bold]overall[/]", rec["overall"])
+    _console().print(tab)
+
+
+@attack_app.command("relearn")
+def relearn_cmd(model: Path = typer.Option(..., "--model", help="unlearned model"),
+                forget: str = typer.Option(..., "--forget", help="forget set, e.g. bios:forget10"),
+                fraction: float = typer.Option(0.5, help="share of the forget set trained on; recall on the rest"),
+                steps: int = typer.Option(20), lr: float = typer.Option(1e-4), batch_size: int = typer.Option(8),
+                by: str = typer.Option("item", help="split by item | person"),
+                control: Optional[str] = typer.Option(None, help="benign control: retain | text"),
+                retain: Optional[str] = typer.Option(None, help="retain set (control=retain)"),
+                texts: Optional[str] = typer.Option(None, help="unrelated texts, JSONL with `text` (control=text)"),
+                seed: int = typer.Option(0), out: Optional[Path] = typer.Option(None, help="folder: attack.json (+ model with --save-model)"),
+                save_model_: bool = typer.Option(False, "--save-model", help="also save the relearned model in --out"),
+                device: str = typer.Option("auto")):
+    """Relearning attack: fine-tune k steps on part of the forget set, recall on the held-out part."""
+    from ..models import load_model, save_model
+    from .relearn import relearn_attack
+
+    m, tok = load_model(model, device=device)
+    res = relearn_attack(m, tok, forget=_items(forget), fraction=fraction, steps=steps, lr=lr, batch_size=batch_size,
+                         by=by, control=control, retain=_items(retain), texts=_items(texts), seed=seed)
+    if out is not None and save_model_:
+        save_model(res.model, tok, out)
+    _write(out, {**res.record, "model": str(model), "forget": forget})
+    r = res.record
+    _console().print(f"held-out forget recall {r['heldout_recall_before']:.3f} → {r['heldout_recall_after']:.3f} "
+                     f"after {steps} steps on {r['config']['train_source']} ({r['cost']['wall_s']:.1f} s)")
+
+
+@attack_app.command("prompts")
+def prompts_cmd(model: Path = typer.Option(..., "--model"),
+                forget: str = typer.Option(..., "--forget", help="forget set, e.g. bios:forget10"),
+                retain: Optional[str] = typer.Option(None, help="retain set (pool for icl_retain)"),
+                transforms: str = typer.Option("all", help="comma list of: " + ", ".join(
+                    ["question", "paraphrase", "icl_forget", "icl_same_person", "icl_retain", "step_by_step", "cloze"])),
+                k: int = typer.Option(3, help="in-context examples"), seed: int = typer.Option(0),
+                out: Optional[Path] = typer.Option(None), device: str = typer.Option("auto")):
+    """Prompt attacks: exact-match recall of the forget set under each prompt transformation."""
+    from rich.table import Table
+
+    from ..models import load_model
+    from .prompts import prompt_attack
+
+    m, tok = load_model(model, device=device)
+    names = "all" if transforms == "all" else [t.strip() for t in transforms.split(",") if t.strip()]
+    rec = prompt_attack(m, tok, items=_items(forget), transforms=names, pool=_items(retain), k=k, seed=seed).record
+    _write(out, {**rec, "model": str(model), "forget": forget})
+    tab = Table(title=f"prompt attacks on {forget}")
+    for col in ("transform", "recall (mean)", "recall (any)", "items scored"):
+        tab.add_column(col)
+    for n, r in rec["results"].items():
+        tab.add_row(n, f"{r['value']:.3f}", f"{r['meta']['any']:.3f}", str(r["meta"]["n_scored"]))
+    _console().print(tab)
+
+
+@attack_app.command("probe")
+def probe_cmd(model: Path = typer.Option(..., "--model"),
+              forget: str = typer.Option(..., "--forget"), retain: Optional[str] = typer.Option(None, "--retain"),
+              out: Optional[Path] = typer.Option(None), device: str = typer.Option("auto")):
+    """Hidden-state probes: logit lens on the forget set; linear probe trained on retain, applied to forget."""
+    from ..models import load_model
+    from .probes import probe_attack
+
+    m, tok = load_model(model, device=device)
+    rec = probe_attack(m, tok, forget=_items(forget), retain=_items(retain)).record
+    _write(out, {**rec, "model": str(model), "forget": forget, "retain": retain})
+    ll = rec["logit_lens"]["meta"]
+    msg = f"logit lens: top-1 {ll['output_top1']:.3f} at the output, best {rec['logit_lens']['value']:.3f} (layer {ll['best_layer']})"
+    if "linear_probe" in rec:
+        lp = rec["linear_probe"]
+        msg += (f"; linear probe (layer {lp['meta']['best_layer']}): forget acc {lp['value']:.3f}, "
+                f"retain held-out acc {lp['meta']['retain_heldout_acc']:.3f}")
+    _console().print(msg)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(attack_app, name="attack")

@@ -1,0 +1,123 @@
+"""Collapse diagnostic: does quantization map the unlearned model back onto the target? (SCIENCE.md §1b)
+
+For a target θ_t and an unlearned θ_u, under one quantizer Q with integer codes (RTN, or any object
+whose `quantize(w)` returns a QTensor-like with codes_flat / step_flat / zero_flat / dequantize):
+- collapse rate      = P[codes(w_u) == codes(w_t)], per layer and overall (weight-count weighted).
+  Also `value_identical`: P[Q(w_u) == Q(w_t)] on dequantized values — lower when the group's scale
+  itself moved (a changed absmax), even though the integer codes match.
+- drift kept         = ⟨Q(w_u) − Q(w_t), w_u − w_t⟩ / ‖w_u − w_t‖²; ≈ 1 when rounding carries the
+  unlearning update on average, ≈ 0 when it erases it. Overall = ratio of the summed terms.
+- |Δw|/Δ histogram   = |w_u − w_t| in units of the target's step Δ of that weight.
+- grid offset        = |w_t/Δ + z − round(w_t/Δ + z)| ∈ [0, 0.5], in steps: uniform (mean 0.25) for a
+  normally trained target, piled at 0 for one from a quantized release.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .quant.apply import select_weights
+
+RATIO_EDGES = [0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, math.inf]
+
+
+def _layer_stats(q, w_t: torch.Tensor, w_u: torch.Tensor, qt_t=None, offset_bins: int = 10) -> dict:
+    w_t, w_u = w_t.detach().float(), w_u.detach().float()
+    qt_t = qt_t if qt_t is not None else q.quantize(w_t)
+    qt_u = q.quantize(w_u)
+    n = w_t.numel()
+    same = (qt_t.codes_flat() == qt_u.codes_flat()).sum().item()
+    dq_t, dq_u = qt_t.dequantize(), qt_u.dequantize()
+    ident = (dq_t == dq_u).sum().item()
+    d = (w_u - w_t).double()
+    dq = (dq_u - dq_t).double()
+    step = qt_t.step_flat()
+    ratio = ((w_u - w_t).abs() / step).flatten()
+    inner = torch.tensor(RATIO_EDGES[1:-1], dtype=ratio.dtype, device=ratio.device)  # bin i = [edge i, edge i+1)
+    ratio_hist = torch.bucketize(ratio, inner, right=True).bincount(minlength=len(RATIO_EDGES) - 1)
+    pos = w_t / step + qt_t.zero_flat()
+    off = (pos - torch.round(pos)).abs().flatten()
+    off_hist = torch.clamp((off / 0.5 * offset_bins).long(), max=offset_bins - 1).bincount(minlength=offset_bins)
+    num, den = float((dq * d).sum()), float((d * d).sum())
+    return {"n": n, "codes_equal": same, "values_equal": ident, "changed": int((d != 0).sum()),
+            "dot": num, "sq": den, "ratio_sum": float(ratio.double().sum()), "ratio_max": float(ratio.max()),
+            "ratio_ge_half": int((ratio >= 0.5).sum()), "ratio_hist": ratio_hist.tolist(),
+            "offset_sum": float(off.double().sum()), "offset_hist": off_hist.tolist()}
+
+
+def _finish(s: dict) -> dict:
+    n = max(s["n"], 1)
+    return {"n_weights": s["n"], "collapse_rate": s["codes_equal"] / n, "value_identical": s["values_equal"] / n,
+            "changed_fraction": s["changed"] / n,
+            "drift_kept": s["dot"] / s["sq"] if s["sq"] > 0 else None,  # undefined when nothing moved
+            "mean_abs_dw_over_step": s["ratio_sum"] / n, "max_abs_dw_over_step": s["ratio_max"],
+            "frac_dw_ge_half_step": s["ratio_ge_half"] / n, "dw_over_step_hist": s["ratio_hist"],
+            "grid_offset_mean": s["offset_sum"] / n, "grid_offset_hist": s["offset_hist"]}
+
+
+@torch.no_grad()
+def collapse_diagnostics(target, unlearned, quantizer, linear: bool = True, embeddings: bool = False,
+                         lm_head: bool = False, include: str | None = None, exclude: str | None = None,
+                         offset_bins: int = 10, cache: dict | None = None) -> dict:
+    """Per-layer and overall collapse diagnostics of `unlearned` vs `target` under `quantizer`.
+
+    Weights are matched by name; same module selection as quantize_model. `cache` (a dict the caller
+    keeps) stores the target's QTensors per (layer, quantizer), so auditing several unlearned models
+    against one target quantizes it once."""
+    if not hasattr(quantizer, "quantize"):
+        raise TypeError(f"{type(quantizer).__name__} exposes no integer codes (.quantize); the collapse "
+                        "diagnostic needs one (RTN, or a GGUF format)")
+    u_params = dict(select_weights(unlearned, linear, embeddings, lm_head, include, exclude))
+    qname = getattr(quantizer, "name", repr(quantizer))
+    layers, tot = {}, None
+    for name, w_t in select_weights(target, linear, embeddings, lm_head, include, exclude):
+        if name not in u_params:
+            raise KeyError(f"unlearned model has no weight {name!r} (or it is not selected): not the same "
+                           "architecture as the target")
+        w_u = u_params[name]
+        if w_u.shape != w_t.shape:
+            raise ValueError(f"{name}: shapes differ ({tuple(w_t.shape)} vs {tuple(w_u.shape)})")
+        key = (name, qname, w_t.data_ptr(), w_t._version)
+        qt_t = cache.get(key) if cache is not None else None
+        if qt_t is None:
+            qt_t = quantizer.quantize(w_t.detach().float())
+            if cache is not None:
+                cache[key] = qt_t
+        s = _layer_stats(quantizer, w_t, w_u.to(w_t.device), qt_t, offset_bins)
+        layers[name] = _finish(s)
+        if tot is None:
+            tot = {k: (list(v) if isinstance(v, list) else v) for k, v in s.items()}
+        else:
+            for k, v in s.items():
+                if isinstance(v, list):
+                    tot[k] = [a + b for a, b in zip(tot[k], v)]
+                elif k == "ratio_max":
+                    tot[k] = max(tot[k], v)
+                else:
+                    tot[k] += v
+    if tot is None:
+        raise ValueError("no weights matched the module selection")
+    cfg = quantizer.config() if hasattr(quantizer, "config") else {"name": qname}
+    return {"quantizer": {**cfg, "name": qname}, "overall": _finish(tot), "layers": layers,
+            "dw_over_step_edges": RATIO_EDGES[:-1] + ["inf"],  # JSON has no infinity
+            "grid_offset_edges": np.linspace(0, 0.5, offset_bins + 1).round(4).tolist()}
+
+
+from ..registry import register  # noqa: E402  (kept next to its only user)
+
+
+@register("attacks", "collapse")
+def collapse_attack(model, tok=None, target=None, bits: int = 4, group: int | None = None, scheme: str = "sym",
+                    quantizer=None, **select):
+    """Collapse diagnostic (measures, returns no model): collapse rate, drift kept, |Δw|/Δ, grid offset."""
+    from .base import AttackResult, measure_cost
+    from .quant.rtn import RTN
+
+    if target is None:
+        raise ValueError("collapse needs target=<the model before unlearning>")
+    q = quantizer or RTN(bits, group, scheme)
+    with measure_cost() as cost:
+        rep = collapse_diagnostics(target, model, q, **select)
+    return AttackResult(None, {"attack": "collapse", "config": {**rep["quantizer"], **select}, "cost": cost, **rep})

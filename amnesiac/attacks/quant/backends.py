@@ -1,0 +1,54 @@
+"""Real quantization libraries as optional backends (one file each; this one dispatches).
+
+Every backend offers the same two things:
+- a per-weight quantizer object: `q(w) -> dequantized w`, the library's *own* quantize→dequantize
+  of one (R, C) weight, so `quantize_model(model, q)` gives a plain model that computes with exactly
+  the library's deployed weights (any metric runs on it, CPU or GPU);
+- `q.native(model)`: the library's model-level API, in place, with its real low-bit modules and
+  kernels (what a user deploying the library runs); slower on CPU, used to check it still generates.
+Measured on CPU (torch 2.13.0, transformers 5.24) — see tests/test_attacks_backends.py and the README.
+"""
+from __future__ import annotations
+
+import importlib.util
+
+INSTALL = {  # extra name in pyproject → (import name, pip hint)
+    "quanto": ("optimum.quanto", "pip install 'amnesiac[quanto]'  (optimum-quanto; keep your torch: add -c with torch==<yours>)"),
+    "hqq": ("hqq", "pip install 'amnesiac[hqq]'  (hqq)"),
+    "torchao": ("torchao", "pip install 'amnesiac[torchao]'  (torchao)"),
+    "bnb": ("bitsandbytes", "pip install 'amnesiac[bnb]'  (bitsandbytes)"),
+}
+BACKENDS = ["rtn", *INSTALL]
+
+
+class BackendMissing(ImportError):
+    pass
+
+
+def available(backend: str) -> bool:
+    if backend == "rtn":
+        return True
+    mod = INSTALL[backend][0]
+    try:
+        return importlib.util.find_spec(mod) is not None
+    except ModuleNotFoundError:  # parent package missing
+        return False
+
+
+def require(backend: str) -> None:
+    if not available(backend):
+        raise BackendMissing(f"quantization backend {backend!r} is not installed: {INSTALL[backend][1]}")
+
+
+def get_quantizer(backend: str = "rtn", bits: int = 4, group: int | None = None, scheme: str = "sym", **kw):
+    """The per-weight quantizer of a backend. scheme applies to RTN; bnb takes kind='nf4'|'fp4'|'int8'."""
+    backend = backend.lower()
+    if backend == "rtn":
+        from .rtn import RTN
+
+        return RTN(bits, group, scheme)
+    if backend not in INSTALL:
+        raise ValueError(f"unknown quantization backend {backend!r}; available: {', '.join(BACKENDS)}")
+    require(backend)
+    mod = importlib.import_module(f".{backend}_backend", __package__)
+    return mod.make(bits=bits, group=group, **kw)

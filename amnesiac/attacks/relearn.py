@@ -1,0 +1,113 @@
+"""Relearning attack (SCIENCE.md §4): a few fine-tuning steps on part of the forget set bring back the rest?
+
+The forget set F is split into a relearn part (fraction `fraction`) and a held-out part; the
+unlearned model is fine-tuned for `steps` steps on the relearn part and exact-match recall is measured
+on the held-out part before and after. Controls (benign fine-tuning, same number of steps):
+control="retain" trains on retain-set QA instead; control="text" on given unrelated texts. A held-out
+recall that rises with forget data but not with the controls is knowledge that was hidden, not erased.
+"""
+from __future__ import annotations
+
+import copy
+import random
+
+import torch
+
+from ..core import encode_pairs
+from ..data.schema import QAItem, qa_answer, qa_prompt
+from ..metrics.qa import exact_match_recall
+from ..models.train import train_lm
+from ..registry import register
+from .base import AttackResult, measure_cost
+
+
+def split_forget(items: list[QAItem], fraction: float = 0.5, by: str = "item", seed: int = 0):
+    """(relearn part, held-out part). by="item": random facts (held-out facts may share a person with
+    relearned ones); by="person": whole people held out (the harder, cross-person test)."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    rng = random.Random(seed)
+    if by == "person":
+        people = sorted({it.person or it.question for it in items})
+        rng.shuffle(people)
+        k = max(1, min(len(people) - 1, round(fraction * len(people))))
+        train_p = set(people[:k])
+        tr = [it for it in items if (it.person or it.question) in train_p]
+        return tr, [it for it in items if (it.person or it.question) not in train_p]
+    if by != "item":
+        raise ValueError(f"by must be 'item' or 'person', got {by!r}")
+    idx = list(range(len(items)))
+    rng.shuffle(idx)
+    k = max(1, min(len(items) - 1, round(fraction * len(items))))
+    return [items[i] for i in sorted(idx[:k])], [items[i] for i in sorted(idx[k:])]
+
+
+def qa_examples(tok, items: list[QAItem]) -> list[tuple[list[int], int]]:
+    """Answer-only loss examples in the format the models are trained with (prompt → " answer</s>")."""
+    eos = tok.eos_token or ""
+    return encode_pairs(tok, [qa_prompt(it.question) for it in items], [qa_answer(it.answer) + eos for it in items])
+
+
+def text_examples(tok, texts: list[str]) -> list[tuple[list[int], int]]:
+    eos = tok.eos_token or ""
+    return encode_pairs(tok, [""] * len(texts), [t + eos for t in texts])
+
+
+def finetune(model, tok, examples, steps: int = 20, lr: float = 1e-4, batch_size: int = 8, seed: int = 0,
+             schedule: str = "constant", warmup: int = 0):
+    """A fine-tuned copy after exactly `steps` optimizer steps (models.train.train_lm). Returns (model, log)."""
+    m = copy.deepcopy(model)
+    for p in m.parameters():  # a released / unlearned model may come with frozen parameters
+        p.requires_grad_(True)
+    n_batches = -(-len(examples) // batch_size)
+    log = train_lm(m, examples, tok.pad_token_id if tok.pad_token_id is not None else 0, epochs=steps / n_batches,
+                   lr=lr, batch_size=batch_size, warmup=warmup, seed=seed, schedule=schedule, desc="relearn",
+                   log_every=1)
+    m.eval()
+    return m, log
+
+
+@torch.no_grad()
+def _weight_change(a, b) -> dict:
+    num = den = 0.0
+    for (_, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+        num += float((p.detach().double() - q.detach().double()).pow(2).sum())
+        den += float(q.detach().double().pow(2).sum())
+    return {"l2": num ** 0.5, "relative_l2": (num / den) ** 0.5 if den else None}
+
+
+@register("attacks", "relearn")
+def relearn_attack(model, tok, forget=None, fraction: float = 0.5, steps: int = 20, lr: float = 1e-4,
+                   batch_size: int = 8, by: str = "item", control: str | None = None, retain=None,
+                   texts: list[str] | None = None, seed: int = 0, evaluate: bool = True) -> AttackResult:
+    """Fine-tune k steps on a fraction of the forget set (or a benign control); recall on the held-out rest."""
+    if not forget:
+        raise ValueError("relearn needs forget=<list of QAItem> (the forget set)")
+    train_items, held = split_forget(list(forget), fraction, by, seed)
+    if control is None:
+        ex, source = qa_examples(tok, train_items), "forget"
+    elif control == "retain":
+        if not retain:
+            raise ValueError("control='retain' needs retain=<list of QAItem>")
+        pool = list(retain)
+        random.Random(seed).shuffle(pool)
+        ex, source = qa_examples(tok, pool[: max(len(train_items), 1)]), "retain"
+    elif control == "text":
+        if not texts:
+            raise ValueError("control='text' needs texts=<list of str>")
+        ex, source = text_examples(tok, list(texts)), "text"
+    else:
+        raise ValueError(f"control must be None, 'retain' or 'text', got {control!r}")
+    cfg = {"fraction": fraction, "steps": steps, "lr": lr, "batch_size": batch_size, "by": by, "control": control,
+           "seed": seed, "n_train_examples": len(ex), "n_heldout": len(held), "train_source": source}
+    rec: dict = {"attack": "relearn", "config": cfg}
+    if evaluate:
+        rec["heldout_recall_before"] = exact_match_recall(model, tok, held).value
+    with measure_cost() as cost:
+        out, log = finetune(model, tok, ex, steps, lr, batch_size, seed)
+    rec.update(cost=cost, train_log=log, weight_change=_weight_change(out, model))
+    if evaluate:
+        rec["heldout_recall_after"] = exact_match_recall(out, tok, held).value
+        rec["relearned_recall_after"] = exact_match_recall(out, tok, train_items).value
+    rec["heldout_questions"] = [it.question for it in held]
+    return AttackResult(out, rec)

@@ -1,0 +1,378 @@
+"""The evaluator: every metric of SCIENCE.md §5 on one model × one data bundle, sharing forward passes.
+
+Flow: collect every (prompt, continuation) pair the metrics need → score each unique pair once
+(metrics.runner.Runner: batched, length-bucketed, cached on disk per model hash, resumable) → generate
+each unique prompt once → compute the metrics as pure functions of those numbers (metrics/tofu, muse, mia,
+memorization). `evaluate()` is the one entry point the CLI and the audit call.
+
+Metric names: "<set>/<metric>" for per-set numbers (set ∈ forget, retain, holdout, real_authors,
+world_facts), plus forget_quality, model_utility, mia_<attack>, privleak, verbmem, knowmem_forget/_retain.
+higher_is_better states the unlearning goal: knowledge on F should go *down* (False), elsewhere up (True).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .data.schema import QA_TEMPLATE, QAItem, VerbItem, qa_answer, qa_prompt
+from .metrics import memorization, mia, muse, tofu
+from .metrics.base import MetricResult, mean
+from .metrics.runner import Runner
+from .metrics.stats import bootstrap_ci
+from .metrics.text import exact_match, rouge_tofu
+
+QA_SETS = ("forget", "retain", "holdout", "real_authors", "world_facts")
+NORMALIZED_PROB_SETS = ("real_authors", "world_facts")  # §5: options-normalised probability
+
+
+@dataclass
+class EvalData:
+    """Everything one evaluation may use; any part may be missing (its metrics are then skipped)."""
+    forget: list[QAItem] | None = None
+    retain: list[QAItem] | None = None
+    holdout: list[QAItem] | None = None
+    real_authors: list[QAItem] | None = None
+    world_facts: list[QAItem] | None = None
+    forget_text: list[str] | None = None  # raw text: MIA family and PrivLeak (members)
+    holdout_text: list[str] | None = None  # non-members
+    verbmem: list[VerbItem] | None = None
+    knowmem_forget: list[QAItem] | None = None
+    knowmem_forget_icl: list[QAItem] = field(default_factory=list)
+    knowmem_retain: list[QAItem] | None = None
+    knowmem_retain_icl: list[QAItem] = field(default_factory=list)
+    sources: dict[str, str] = field(default_factory=dict)  # part → spec it was loaded from (for meta)
+
+    def parts(self) -> dict[str, list]:
+        skip = {"sources", "knowmem_forget_icl", "knowmem_retain_icl"}
+        return {k: v for k, v in self.__dict__.items() if k not in skip and v}
+
+    def hashes(self) -> dict[str, str]:
+        from .io import hash_obj
+
+        def js(x):
+            return x if isinstance(x, str) else (x.to_json() if hasattr(x, "to_json") else x.__dict__)
+        return {k: hash_obj([js(x) for x in v]) for k, v in self.parts().items()}
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 32
+    template: str = QA_TEMPLATE
+    qa_max_new_tokens: int | None = None  # None: longest gold answer in tokens + 16 (cap 200); stops at "\n"
+    mink_k: float = mia.MINK_K
+    privleak_k: float = muse.PRIVLEAK_K
+    privleak_ref_auc: float | None = None  # known AUC(θ_r) when no retrained model is given (§5)
+    verbmem_max_new_tokens: int = muse.VERBMEM_NEW_TOKENS
+    knowmem_max_new_tokens: int = muse.KNOWMEM_NEW_TOKENS
+    max_length: int | None = None
+    n_bootstrap: int = 1000
+    seed: int = 0
+    cache: bool = True
+    progress: bool = False
+
+
+@dataclass
+class RetrainedRef:
+    """What the unlearned model is compared with: θ_r's per-item truth ratios on F (forget quality) and its
+    PrivLeak AUC. Computed once per retrained model (cached by model hash) or read from JSON."""
+    truth_ratios: list[float] | None = None
+    privleak_auc: float | None = None
+    source: str = ""
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _ci(values, cfg: EvalConfig) -> tuple[float, float]:
+    return bootstrap_ci(values, n_resamples=cfg.n_bootstrap, seed=cfg.seed)
+
+
+def _mr(name, per, hib, cfg, meta=None, value=None) -> MetricResult:
+    v = mean(per) if value is None else value
+    return MetricResult(name, v, list(per), hib, {"ci95": _ci(per, cfg), "n": len(per), **(meta or {})})
+
+
+def _qa_scores(run: Runner, items: list[QAItem], cfg: EvalConfig, name: str) -> dict[str, Any]:
+    """One pass per kind of pair for a QA set: answers (with Min-K %++ stats and argmax: probability,
+    memorisation, MIA), paraphrased answers and perturbed answers (truth ratio), options (normalised prob)."""
+    prompts = [qa_prompt(it.question, cfg.template) for it in items]
+    ans = run.score(prompts, [qa_answer(it.answer) for it in items], True, True, f"{name}: answers")
+    # TOFU scores paraphrased answers for forget/retain, the answer itself for real authors / world facts.
+    base_text = [it.paraphrased_answer or it.answer for it in items]
+    out: dict[str, Any] = {"prompts": prompts, "ans": ans}
+    has_pert = all(it.perturbed_answers for it in items)
+    if has_pert:
+        para = run.score(prompts, [qa_answer(b) for b in base_text], desc=f"{name}: paraphrased")
+        flat_p = [p for it, p in zip(items, prompts) for _ in it.perturbed_answers]
+        flat_c = [qa_answer(a) for it in items for a in it.perturbed_answers]
+        flat = run.score(flat_p, flat_c, desc=f"{name}: perturbed")
+        pert, i = [], 0
+        for it in items:
+            pert.append([r["lp"].mean() for r in flat[i: i + len(it.perturbed_answers)]])
+            i += len(it.perturbed_answers)
+        out["para_mean"] = [r["lp"].mean() for r in para]
+        out["pert_mean"] = pert
+    if name in NORMALIZED_PROB_SETS:
+        wrong = [it.perturbed_answers or [o for o in it.options if o != it.answer] for it in items]
+        if all(wrong):
+            flat = run.score([p for p, w in zip(prompts, wrong) for _ in w], [qa_answer(o) for w in wrong for o in w],
+                             desc=f"{name}: options")
+            out["wrong_mean"], i = [], 0
+            for w in wrong:
+                out["wrong_mean"].append([r["lp"].mean() for r in flat[i: i + len(w)]])
+                i += len(w)
+    max_new = cfg.qa_max_new_tokens or min(200, max(len(r["ids"]) for r in ans) + 16)
+    out["gen"] = run.generate(prompts, max_new, ["\n"], desc=f"{name}: generating")
+    return out
+
+
+def _qa_metrics(name: str, items: list[QAItem], s: dict, cfg: EvalConfig) -> dict[str, MetricResult]:
+    hib = name != "forget"  # knowledge on F should fall; everywhere else it should stay
+    res: dict[str, MetricResult] = {}
+    gen = s["gen"]
+    res["exact_match"] = _mr(f"{name}/exact_match", [exact_match(o, it.answer) for o, it in zip(gen, items)], hib, cfg,
+                             {"section": "SCIENCE.md §5 exact-match recall", "outputs": gen})
+    rg = [rouge_tofu(it.answer, o) for o, it in zip(gen, items)]
+    res["rougeL_recall"] = _mr(f"{name}/rougeL_recall", [r["rougeL_recall"] for r in rg], hib, cfg,
+                               {"rouge1_recall": mean(r["rouge1_recall"] for r in rg),
+                                "section": "SCIENCE.md §5 ROUGE-L recall (TOFU: stemmer, recall)"})
+    ans_mean = [r["lp"].mean() for r in s["ans"]]
+    if "wrong_mean" in s:
+        res["prob"] = _mr(f"{name}/prob", tofu.normalized_probability(ans_mean, s["wrong_mean"]).tolist(), hib, cfg,
+                          {"normalised": True, "section": "SCIENCE.md §5 probability (options-normalised)"})
+    else:
+        res["prob"] = _mr(f"{name}/prob", tofu.probability(ans_mean).tolist(), hib, cfg,
+                          {"normalised": False, "section": "SCIENCE.md §5 probability P(a|q)^(1/|a|)"})
+    if "para_mean" in s:
+        R = tofu.truth_ratio(s["para_mean"], s["pert_mean"])
+        fa, ra = tofu.truth_ratio_forget_agg(R), tofu.truth_ratio_retain_agg(R)
+        # value: forget-side aggregate on F, retain-side elsewhere (TOFU's choice); per_example = R itself.
+        res["truth_ratio"] = MetricResult(f"{name}/truth_ratio", fa if name == "forget" else ra, R.tolist(),
+                                          True,  # both aggregates: 1 = the goal (F: forgotten; else: known)
+                                          {"aggregation": "mean(min(R,1/R))" if name == "forget" else "mean(max(0,1-R))",
+                                           "forget_agg": fa, "retain_agg": ra, "n": len(R),
+                                           "ci95": _ci(np.minimum(R, 1 / R) if name == "forget" else np.maximum(0, 1 - R), cfg),
+                                           "per_example_is": "R = P̄(perturbed)/P(paraphrased)",
+                                           "section": "SCIENCE.md §5 truth ratio"})
+    for m in memorization.memorization_results([r["am"] for r in s["ans"]], [r["ids"] for r in s["ans"]],
+                                               f"{name}/", hib):
+        m.meta["ci95"] = _ci(m.per_example, cfg)
+        res[m.name.split("/", 1)[1]] = m
+    return res
+
+
+def _text_side(run: Runner, texts: list[str], desc: str) -> dict:
+    r = run.score([""] * len(texts), texts, True, False, desc)
+    return {"lp": [x["lp"] for x in r], "mu": [x["mu"] for x in r], "sigma": [x["sd"] for x in r], "text": list(texts)}
+
+
+def _membership_inputs(run: Runner, data: EvalData, qa: dict, ref_run: Runner | None):
+    """Members = F, non-members = holdout: raw texts when both exist, else QA answers given their question."""
+    if data.forget_text and data.holdout_text:
+        mem, non = _text_side(run, data.forget_text, "forget text"), _text_side(run, data.holdout_text, "holdout text")
+        on = "text"
+        if ref_run is not None:
+            mem["lp_ref"] = [x["lp"] for x in ref_run.score([""] * len(mem["text"]), mem["text"], desc="ref: forget text")]
+            non["lp_ref"] = [x["lp"] for x in ref_run.score([""] * len(non["text"]), non["text"], desc="ref: holdout text")]
+    elif "forget" in qa and "holdout" in qa:
+        def side(k):
+            items, s = qa[k]
+            return {"lp": [r["lp"] for r in s["ans"]], "mu": [r["mu"] for r in s["ans"]],
+                    "sigma": [r["sd"] for r in s["ans"]], "text": [it.answer for it in items],
+                    "prompts": s["prompts"]}
+        mem, non, on = side("forget"), side("holdout"), "qa_answers"
+        if ref_run is not None:
+            for d, k in ((mem, "forget"), (non, "holdout")):
+                d["lp_ref"] = [x["lp"] for x in ref_run.score(d["prompts"], [qa_answer(it.answer) for it in qa[k][0]],
+                                                              desc=f"ref: {k}")]
+    else:
+        return None
+    return mem, non, on
+
+
+def retrained_reference(model, tok, data: EvalData, config: EvalConfig | None = None) -> RetrainedRef:
+    """θ_r's numbers the unlearned model is compared with (forget quality, PrivLeak); cached like any score."""
+    cfg = config or EvalConfig()
+    run = Runner(model, tok, cfg.batch_size, cfg.cache, cfg.progress, max_length=cfg.max_length)
+    ref = RetrainedRef(source=f"model {run.model_hash}")
+    if data.forget and all(it.perturbed_answers for it in data.forget):
+        s = _qa_scores(run, data.forget, cfg, "forget")
+        ref.truth_ratios = tofu.truth_ratio(s["para_mean"], s["pert_mean"]).tolist()
+    ref.privleak_auc = _privleak_auc(run, data, cfg)
+    return ref
+
+
+def _privleak_auc(run: Runner, data: EvalData, cfg: EvalConfig) -> float | None:
+    """§5 PrivLeak AUC on raw texts (forget vs holdout) with Min-k, k = cfg.privleak_k; QA answers otherwise."""
+    if data.forget_text and data.holdout_text:
+        f = run.score([""] * len(data.forget_text), data.forget_text, True, False, "forget text")
+        h = run.score([""] * len(data.holdout_text), data.holdout_text, True, False, "holdout text")
+    elif data.forget and data.holdout:
+        def pairs(items):
+            return ([qa_prompt(it.question, cfg.template) for it in items], [qa_answer(it.answer) for it in items])
+        f = run.score(*pairs(data.forget), True, True, "forget: answers")
+        h = run.score(*pairs(data.holdout), True, True, "holdout: answers")
+    else:
+        return None
+    return muse.privleak_auc([muse.min_k_score(r["lp"], cfg.privleak_k) for r in f],
+                             [muse.min_k_score(r["lp"], cfg.privleak_k) for r in h])
+
+
+def evaluate(model, tok, data: EvalData, config: EvalConfig | None = None, retrained: RetrainedRef | None = None,
+             reference: tuple | None = None, model_hash: str | None = None) -> dict[str, MetricResult]:
+    """Run every applicable §5 metric on `model`. `retrained`: θ_r's reference numbers (see retrained_reference);
+    `reference`: (ref_model, ref_tok) for the reference-model MIA. Returns name → MetricResult, in a stable order."""
+    cfg = config or EvalConfig()
+    run = Runner(model, tok, cfg.batch_size, cfg.cache, cfg.progress, max_length=cfg.max_length, model_hash=model_hash)
+    ref_run = Runner(reference[0], reference[1], cfg.batch_size, cfg.cache, cfg.progress,
+                     max_length=cfg.max_length) if reference else None
+    out: dict[str, MetricResult] = {}
+    qa: dict[str, tuple[list[QAItem], dict]] = {}
+    for name in QA_SETS:
+        items = getattr(data, name)
+        if items:
+            s = _qa_scores(run, items, cfg, name)
+            qa[name] = (items, s)
+            for m in _qa_metrics(name, items, s, cfg).values():
+                out[m.name] = m
+
+    # TOFU forget quality and model utility (§5)
+    if "forget/truth_ratio" in out and retrained is not None and retrained.truth_ratios:
+        fq = tofu.forget_quality(out["forget/truth_ratio"].per_example, retrained.truth_ratios)
+        fq.meta["retrained_source"] = retrained.source
+        out["forget_quality"] = fq
+    util = {k: out[k].value for k in tofu.UTILITY_KEYS if k in out}
+    if util:
+        out["model_utility"] = tofu.model_utility(util)
+
+    # MIA family (members F vs holdout) and PrivLeak
+    mi = _membership_inputs(run, data, qa, ref_run)
+    if mi is not None:
+        mem, non, on = mi
+        for m in mia.mia_suite(mem, non, cfg.mink_k, {"on": on}):
+            out[m.name] = m
+        auc_u = _privleak_auc(run, data, cfg)
+        auc_r = (retrained.privleak_auc if retrained and retrained.privleak_auc is not None else cfg.privleak_ref_auc)
+        meta = {"on": on, "k": cfg.privleak_k, "auc_retrained_source":
+                (retrained.source if retrained and retrained.privleak_auc is not None else "given value")}
+        if auc_r is not None:
+            out["privleak"] = muse.privleak(auc_u, auc_r, meta)
+        out["privleak_auc"] = MetricResult("privleak_auc", auc_u, [], False,
+                                           {**meta, "labels": "forget=0, holdout=1; score = −Min-k",
+                                            "ideal": "AUC of the retrained model", "section": "SCIENCE.md §5 PrivLeak"})
+
+    # MUSE VerbMem / KnowMem
+    if data.verbmem:
+        outs = run.generate([it.prompt for it in data.verbmem], cfg.verbmem_max_new_tokens, desc="verbmem")
+        out["verbmem"] = muse.verbmem(model, tok, data.verbmem, outputs=outs, max_new_tokens=cfg.verbmem_max_new_tokens)
+    for side, hib in (("forget", False), ("retain", True)):
+        items = getattr(data, f"knowmem_{side}")
+        if items:
+            icl = [(e.question, e.answer) for e in getattr(data, f"knowmem_{side}_icl")]
+            raw = run.generate([muse.knowmem_prompt(it.question, icl) for it in items], cfg.knowmem_max_new_tokens,
+                               muse.KNOWMEM_CUTS, desc=f"knowmem {side}")
+            out[f"knowmem_{side}"] = muse.knowmem(model, tok, items, getattr(data, f"knowmem_{side}_icl"),
+                                                  name=f"knowmem_{side}", higher_is_better=hib,
+                                                  outputs=[muse.knowmem_cut(o) for o in raw])
+    for m in out.values():
+        m.meta.setdefault("model_hash", run.model_hash)
+    return out
+
+
+# ---- data bundles from specs, and writing results ----------------------------------------------
+def _companions(spec: str) -> dict[str, str]:
+    """Default companion sets of a forget spec: bios:forgetNN → retain{100−NN}, holdoutNN, raw texts;
+    tofu:forgetNN → retain (retain_perturbed), holdoutNN, real_authors, world_facts (TOFU's eval sets)."""
+    import re
+
+    m = re.fullmatch(r"(bios|tofu):forget(\d\d)", spec)
+    if not m:
+        return {}
+    src, nn = m.group(1), m.group(2)
+    if src == "bios":
+        return {"retain": f"bios:retain{100 - int(nn)}", "holdout": f"bios:holdout{nn}",
+                "forget_text": f"bios:forget{nn}_text", "holdout_text": f"bios:holdout{nn}_text"}
+    return {"retain": "tofu:retain", "holdout": f"tofu:holdout{nn}", "real_authors": "tofu:real_authors",
+            "world_facts": "tofu:world_facts"}
+
+
+def resolve_data(spec: str, auto: bool = True, **overrides: str | None) -> EvalData:
+    """EvalData from a forget spec (`bios:forget10`, `tofu:forget10`, `muse:<folder>` or a MUSE folder, a
+    .jsonl path) plus optional part specs (retain=..., holdout=..., forget_text=..., ...; "none" drops a part)."""
+    from pathlib import Path
+
+    from .data import load_dataset
+
+    d = EvalData()
+    muse_dir = spec[5:] if spec.startswith("muse:") else (spec if Path(spec).is_dir() else None)
+    if muse_dir is not None:
+        md = muse.load_muse(muse_dir)
+        d.verbmem = md.verbmem or None
+        d.knowmem_forget, d.knowmem_forget_icl = md.knowmem_forget or None, md.knowmem_forget_icl
+        d.knowmem_retain, d.knowmem_retain_icl = md.knowmem_retain or None, md.knowmem_retain_icl
+        d.forget_text, d.holdout_text = md.privleak.get("forget"), md.privleak.get("holdout")
+        d.sources = {k: f"{muse_dir} (MUSE layout)" for k in d.parts()}
+    else:
+        first = load_dataset(spec)
+        if first and isinstance(first[0], str):
+            d.forget_text = first
+            d.sources["forget_text"] = spec
+        else:
+            d.forget = first
+            d.sources["forget"] = spec
+    specs = {**(_companions(spec) if auto else {}), **{k: v for k, v in overrides.items() if v}}
+    for part, s in specs.items():
+        if part not in EvalData.__dataclass_fields__:
+            raise ValueError(f"unknown data part {part!r}")
+        if s.lower() == "none":
+            setattr(d, part, None)
+            d.sources.pop(part, None)
+            continue
+        setattr(d, part, load_dataset(s))
+        d.sources[part] = s
+    if not d.parts():
+        raise ValueError(f"{spec}: nothing to evaluate")
+    return d
+
+
+def _finite(x):
+    """NaN/inf → None everywhere (strict JSON has no NaN; e.g. PrivLeak with AUC(θ_r) = 0)."""
+    if isinstance(x, float):
+        return x if np.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
+def summary_row(m: MetricResult) -> dict:
+    """A MetricResult for summary.json: bulky lists (per-example values, generated outputs) go to the JSONL."""
+    d = m.to_json()
+    d.pop("per_example")
+    d["meta"] = {k: v for k, v in d["meta"].items() if k != "outputs"}
+    return _finite(d)
+
+
+def save_results(out_dir, results: dict[str, MetricResult], meta: dict) -> dict:
+    """summary.json (every metric's value, direction, CI, meta + run meta) and per_example.jsonl (one row per
+    metric × item, with the generated output where there is one)."""
+    from pathlib import Path
+
+    from .io import write_json, write_jsonl
+
+    out_dir = Path(out_dir)
+    summary = {"meta": meta, "metrics": {k: summary_row(m) for k, m in results.items()}}
+    rows = []
+    for k, m in results.items():
+        outs = m.meta.get("outputs")
+        for i, v in enumerate(m.per_example):
+            r = {"metric": k, "i": i, "value": v}
+            if outs is not None and i < len(outs):
+                r["output"] = outs[i]
+            rows.append(r)
+    write_json(out_dir / "summary.json", _finite(summary))
+    write_jsonl(out_dir / "per_example.jsonl", _finite(rows))
+    return summary

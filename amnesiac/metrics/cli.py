@@ -1,0 +1,98 @@
+"""`amnesiac eval`: every §5 metric on one model, a rich table, summary.json + per_example.jsonl."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def _load_retrained(path: str, tok_model_data, cfg):
+    """A retrained model folder (its reference numbers are computed, cached by model hash) or a JSON file
+    written by an earlier run (retrained_reference.json)."""
+    from ..evaluate import RetrainedRef, retrained_reference
+    from ..io import read_json
+
+    p = Path(path)
+    if p.is_file() and p.suffix == ".json":
+        d = read_json(p)
+        return RetrainedRef(d.get("truth_ratios"), d.get("privleak_auc"), d.get("source") or str(p))
+    from ..models import load_model
+
+    device, dtype, data = tok_model_data
+    model, tok = load_model(p, device=device, dtype=dtype)
+    ref = retrained_reference(model, tok, data, cfg)
+    ref.source = f"{p} ({ref.source})"
+    return ref
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("eval")
+    def eval_cmd(model: Path = typer.Option(..., "--model", help="model folder (config + safetensors + tokenizer)"),
+                 data: str = typer.Option(..., "--data", help="forget set: bios:forget10 | tofu:forget10 | muse:<folder> | file.jsonl"),
+                 out: Path = typer.Option(..., "--out", help="output folder"),
+                 retain: Optional[str] = typer.Option(None, help="retain QA set (default: derived from --data; 'none' to skip)"),
+                 holdout: Optional[str] = typer.Option(None, help="holdout QA set (non-members)"),
+                 real_authors: Optional[str] = typer.Option(None, help="TOFU real-authors set"),
+                 world_facts: Optional[str] = typer.Option(None, help="TOFU world-facts set"),
+                 forget_text: Optional[str] = typer.Option(None, help="raw forget texts (MIA, PrivLeak)"),
+                 holdout_text: Optional[str] = typer.Option(None, help="raw holdout texts"),
+                 retrained: Optional[str] = typer.Option(None, help="retrained model folder, or its retrained_reference.json"),
+                 reference: Optional[Path] = typer.Option(None, help="reference model for the reference-MIA attack"),
+                 privleak_ref_auc: Optional[float] = typer.Option(None, help="known AUC(θ_r) when no retrained model (MUSE News 0.4772, Books 0.5393)"),
+                 auto: bool = typer.Option(True, help="derive retain/holdout/text companions from --data"),
+                 template: str = typer.Option("Question: {question}\nAnswer:", help="QA prompt template ({question})"),
+                 batch_size: int = typer.Option(32), qa_max_new_tokens: Optional[int] = typer.Option(None),
+                 max_length: Optional[int] = typer.Option(None, help="truncate scored sequences to this many tokens"),
+                 seed: int = typer.Option(0, help="seed (bootstrap resampling; decoding is greedy)"),
+                 device: str = typer.Option("auto"), dtype: str = typer.Option("float32"),
+                 cache: bool = typer.Option(True, help="per-example cache under $AMNESIAC_HOME/cache (resumable)"),
+                 progress: bool = typer.Option(True)):
+        """Evaluate one model: TOFU, MUSE, MIA and memorisation metrics (SCIENCE.md §5)."""
+        import time
+
+        import torch
+        from rich.console import Console
+        from rich.table import Table
+
+        from ..evaluate import EvalConfig, evaluate, resolve_data, save_results
+        from ..io import versions, write_json
+        from ..models import load_model
+
+        console = Console()
+        t0 = time.time()
+        torch.manual_seed(seed)
+        if "{question}" not in template:
+            raise typer.BadParameter("--template must contain {question}")
+        template = template.replace("\\n", "\n")  # a shell-typed "\n" means a newline
+        cfg = EvalConfig(template=template, batch_size=batch_size, qa_max_new_tokens=qa_max_new_tokens,
+                         privleak_ref_auc=privleak_ref_auc,
+                         max_length=max_length, seed=seed, cache=cache, progress=progress)
+        try:
+            ed = resolve_data(data, auto=auto, retain=retain, holdout=holdout, real_authors=real_authors,
+                              world_facts=world_facts, forget_text=forget_text, holdout_text=holdout_text)
+        except (ValueError, FileNotFoundError) as e:
+            raise typer.BadParameter(str(e)) from None
+        ref_ret = _load_retrained(retrained, (device, dtype, ed), cfg) if retrained else None
+        m, tok = load_model(model, device=device, dtype=dtype)
+        refm = load_model(reference, device=device, dtype=dtype) if reference else None
+        res = evaluate(m, tok, ed, cfg, retrained=ref_ret, reference=refm)
+        meta = {"model": str(model), "data": data, "sources": ed.sources, "data_hashes": ed.hashes(),
+                "sizes": {k: len(v) for k, v in ed.parts().items()}, "seed": seed, "config": cfg.__dict__,
+                "retrained": ref_ret.to_json() if ref_ret else None, "reference": str(reference) if reference else None,
+                "model_hash": next(iter(res.values())).meta.get("model_hash") if res else None,
+                "versions": versions(), "device": str(next(m.parameters()).device), "wall_s": round(time.time() - t0, 2)}
+        if ref_ret:
+            write_json(out / "retrained_reference.json", ref_ret.to_json())
+        save_results(out, res, meta)
+        t = Table(title=f"amnesiac eval: {model} on {data}")
+        for c in ("metric", "value", "95% CI", "goal", "n"):
+            t.add_column(c, justify="right" if c != "metric" else "left")
+        for k, r in res.items():
+            ci = r.meta.get("ci95")
+            label = f"{k} (partial {r.meta['n_components']}/9)" if k == "model_utility" and not r.meta["complete"] else k
+            t.add_row(label, f"{r.value:.4f}" if r.value is not None else "-",
+                      f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "", "↑" if r.higher_is_better else "↓",
+                      str(r.meta.get("n", r.meta.get("n_member", ""))))
+        console.print(t)
+        console.print(f"wrote {out / 'summary.json'} and {out / 'per_example.jsonl'} ({meta['wall_s']} s)")

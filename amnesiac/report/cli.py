@@ -1,0 +1,57 @@
+"""`amnesiac audit` and `amnesiac demo`."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("audit")
+    def audit_cmd(target: Path = typer.Option(..., help="model before unlearning (HF dir or .gguf)"),
+                  unlearned: Path = typer.Option(..., help="the unlearned model"),
+                  forget: str = typer.Option(..., help="forget set: bios:forget10, tofu:forget10 or a QA .jsonl"),
+                  retain: str = typer.Option(..., help="retain set (same forms)"),
+                  retrained: Optional[Path] = typer.Option(None, help="model trained without the forget set (the floor)"),
+                  holdout: Optional[str] = typer.Option(None, help="never-trained QA set for membership inference"),
+                  suite: str = typer.Option("quick", help="quick | full"),
+                  attacks: Optional[str] = typer.Option(None, help="comma-separated attack list (overrides --suite)"),
+                  out: Path = typer.Option(Path("audit"), help="output folder (resumes from its cache)"),
+                  seed: int = typer.Option(0), margin: float = typer.Option(0.05, help="verdict margin (absolute recall)"),
+                  max_retain: int = typer.Option(300, help="retain items evaluated")):
+        """Attack an unlearned model (quantization, prompts, relearning, MIA), measure recovery, give a verdict."""
+        from rich.console import Console
+
+        from .. import audit as A
+        from ..data import load_dataset
+        from .audit_report import print_audit, write_audit_report
+
+        if suite not in A.SUITES:
+            raise typer.BadParameter(f"unknown suite {suite!r}; available: {', '.join(A.SUITES)}")
+        cfg = A.AuditConfig(suite=suite, attacks=attacks.split(",") if attacks else None, seed=seed, margin=margin,
+                            max_retain=max_retain, mia=holdout is not None)
+        au = A.Audit(str(target), str(unlearned), load_dataset(forget), load_dataset(retain), out,
+                     retrained=str(retrained) if retrained else None,
+                     holdout=load_dataset(holdout) if holdout else None, config=cfg)
+        summary = au.run()
+        paths = write_audit_report(summary, out)
+        print_audit(summary, Console())
+        Console().print(f"wrote {out / 'summary.json'}, {paths['md']}, {paths['html']}")
+
+    @app.command("demo")
+    def demo_cmd(size: str = typer.Option("xs", help="tiny model preset xs | s | m"),
+                 seed: int = typer.Option(0), out: Path = typer.Option(Path("demo"), help="output folder"),
+                 sure: bool = typer.Option(True, help="also run the SURE variants"),
+                 methods: str = typer.Option(",".join(["ga_gdr", "ga_klr", "npo_gdr", "npo_klr"]), help="comma-separated")):
+        """The whole experiment on the embedded default: prepare, unlearn, quantize, measure, report."""
+        from rich.console import Console
+
+        from ..demo import DemoConfig, run_demo
+        from .demo_report import print_table
+
+        c = Console()
+        summary = run_demo(DemoConfig(size=size, seed=seed, sure=sure, methods=methods.split(",")), out, log=c.print)
+        print_table(summary, c)
+        c.print(f"wall time {summary['wall_s']} s (prepare {summary['prepare_s']} s); wrote {out}/summary.json, "
+                f"{out}/report.md, {out}/report.html")

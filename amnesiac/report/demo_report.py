@@ -1,0 +1,77 @@
+"""Demo and audit reports: the paper-style table (terminal + Markdown/HTML) and their plots."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import plots
+from .render import Section, write_report
+
+COLS = ["fp", "8bit", "4bit", "3bit", "4bit_foreign"]
+
+
+def _f(x, nd=2) -> str:
+    return "-" if x is None else f"{x:.{nd}f}"
+
+
+def table_rows(summary: dict, scenario: str) -> list[list[str]]:
+    """Header + one row per method: forget/retain recall per precision, then 4-bit diagnostics."""
+    rows = [r for r in summary["rows"] if r["scenario"] == scenario]
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    head = ["method"] + [f"{c} F/R" for c in COLS] + ["codes unchanged @4b", "drift kept @4b", "|Δw|/step @4b"]
+    out = [head]
+    for m in methods:
+        by = {r["precision"]: r for r in rows if r["method"] == m}
+        line = [m] + [f"{_f(by[c]['forget_recall'])} / {_f(by[c]['retain_recall'])}" if c in by else "-" for c in COLS]
+        d = by.get("4bit", {})
+        line += [_f(None if d.get("collapse_rate") is None else 100 * d["collapse_rate"], 1) + ("%" if d.get("collapse_rate") is not None else ""),
+                 _f(d.get("drift_kept")), _f(d.get("mean_abs_dw_over_4bit_step"), 3)]
+        out.append(line)
+    return out
+
+
+def print_table(summary: dict, console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    for sc in summary["config"]["scenarios"]:
+        rows = table_rows(summary, sc)
+        t = Table(title=f"scenario: {sc}  (forget recall / retain recall, exact match)")
+        for c in rows[0]:
+            t.add_column(c)
+        for r in rows[1:]:
+            t.add_row(*r)
+        console.print(t)
+        v = summary["verdicts"][sc]
+        console.print(f"[bold {'red' if v['verdict'] == 'FAIL' else 'green'}]{v['verdict']}[/]: {v['reason']}")
+
+
+def write_demo_report(summary: dict, raw: dict, out: Path) -> dict:
+    secs = [Section("What this is", (
+        "Tiny Llama target fine-tuned on fictitious people, unlearned on 10 % of them with small-update "
+        "methods (and SURE), then quantized. Two scenarios: `trained` (target as fine-tuned) and "
+        "`released-quantized` (target rounded onto a 4-bit symmetric group-64 grid first, as a quantized release). "
+        "Cells are forget recall / retain recall (exact match). `4bit_foreign` is a different 4-bit grid "
+        "(asymmetric, group 128)."))]
+    for sc in summary["config"]["scenarios"]:
+        v = summary["verdicts"][sc]
+        rows = [r for r in summary["rows"] if r["scenario"] == sc]
+        series: dict[str, list] = {}
+        bits = {"fp": 16, "8bit": 8, "4bit": 4, "3bit": 3}
+        for r in rows:
+            if r["precision"] in bits:
+                series.setdefault(r["method"], []).append((bits[r["precision"]], r["forget_recall"]))
+        img = plots.lines_by_x(series, "bits (16 = full precision)", "forget recall",
+                               f"{sc}: forget recall by precision")
+        layer_img = []
+        coll = {n: r["collapse_per_layer"] for (s, n), r in raw.items() if s == sc and "collapse_per_layer" in r}
+        if coll:
+            name, per = next(iter(coll.items()))
+            short = {k.replace("model.layers.", "L").replace(".weight", "").replace("self_attn.", "").replace("mlp.", ""): v
+                     for k, v in per.items()}
+            layer_img = [(f"{sc}: {name} fraction of 4-bit codes unchanged per layer", plots.bars(short, "codes unchanged", f"{name}: collapse rate per layer"))]
+        secs.append(Section(f"Scenario: {sc}", f"**{v['verdict']}** — {v['reason']}", table_rows(summary, sc),
+                            [(f"{sc}: forget recall by precision", img)] + layer_img))
+    secs.append(Section("Provenance", f"seed {summary['seed']}, wall time {summary['wall_s']} s, versions: "
+                        + ", ".join(f"{k} {v}" for k, v in summary["versions"].items())))
+    return write_report(out, "amnesiac demo: does unlearned knowledge come back under quantization?", secs)

@@ -1,0 +1,184 @@
+"""Shared pieces of every unlearning method: encoded data splits, the method/regulariser interface,
+the training context, and forward helpers that route all log-prob math through core.logprobs.
+
+Shapes: B = batch, T = padded length, V = vocabulary, H = hidden size, N = scored positions in a batch.
+"""
+from __future__ import annotations
+
+import abc
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+from ..core.logprobs import Encoded, collate, encode_pairs, pad_id_of, scored_log_softmax, token_logprobs
+from ..data.schema import QAItem, qa_answer, qa_prompt
+
+
+class UnlearnError(ValueError):
+    """Bad unlearning input (data, names, options); the message says what to change."""
+
+
+@dataclass
+class Split:
+    """One encoded data set. `seqs[i]` = (token ids, start of the scored part) from core.encode_pairs.
+
+    QA: prompt = qa_prompt(q), continuation = qa_answer(a) + EOS → loss on answer tokens only (SCIENCE.md §2).
+    Raw text: empty prompt → every token after BOS is scored."""
+    name: str
+    items: list  # QAItem | str
+    seqs: list[tuple[list[int], int]]
+    pad_id: int
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+    @property
+    def is_qa(self) -> bool:
+        return bool(self.items) and isinstance(self.items[0], QAItem)
+
+    def encode(self, idx: Sequence[int], device) -> Encoded:
+        enc = collate([self.seqs[i] for i in idx], self.pad_id)
+        return Encoded(enc.input_ids.to(device), enc.attention_mask.to(device), enc.labels_mask.to(device))
+
+
+def make_split(name: str, items: list, tok, max_length: int | None = None,
+               answers: Sequence[str] | None = None) -> Split:
+    """Encode QA items (or raw strings). `answers` overrides the gold answers (IdkDPO refusals)."""
+    if not items:
+        raise UnlearnError(f"{name} set is empty: nothing to train on")
+    kinds = {type(x) for x in items}
+    if kinds == {QAItem}:
+        ans = list(answers) if answers is not None else [it.answer for it in items]
+        prompts = [qa_prompt(it.question) for it in items]
+        conts = [qa_answer(a) + (tok.eos_token or "") for a in ans]
+    elif kinds == {str}:
+        if answers is not None:
+            raise UnlearnError(f"{name}: replacement answers need QA items, got raw text")
+        prompts, conts = [""] * len(items), [t + (tok.eos_token or "") for t in items]
+    else:
+        raise UnlearnError(f"{name} set mixes {sorted(k.__name__ for k in kinds)}; give QA items or raw strings, not both")
+    return Split(name, list(items), encode_pairs(tok, prompts, conts, max_length=max_length), pad_id_of(tok))
+
+
+# ----- forward helpers (everything goes through core.logprobs.token_logprobs / scored_log_softmax) -----
+
+def decoder_layers(model) -> torch.nn.ModuleList:
+    """The transformer block list (Llama/Mistral/Qwen `model.layers`, GPT-2 `transformer.h`, ...): the longest
+    ModuleList whose name ends in layers/h/blocks. Works through a peft wrapper too."""
+    best = None
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.ModuleList) and name.split(".")[-1] in ("layers", "h", "blocks", "layer"):
+            if best is None or len(mod) > len(best):
+                best = mod
+    if best is None:
+        raise UnlearnError(f"{type(model).__name__}: cannot find the decoder layer list (needed by RMU)")
+    return best
+
+
+@dataclass
+class Fwd:
+    """Outputs of one forward pass, computed lazily from what the loss asks for."""
+    lp: torch.Tensor | None = None  # (B, T-1) per-token log p of scored tokens, 0 elsewhere
+    mask: torch.Tensor | None = None  # (B, T-1) float, 1 on scored tokens
+    dist: torch.Tensor | None = None  # (N, V) log-softmax at scored positions
+    hidden: torch.Tensor | None = None  # (N, H) output of the probed decoder layer at scored positions
+
+    @property
+    def seq_lp(self) -> torch.Tensor:  # (B,) log π(y|x) = Σ_t log p(y_t|x, y_<t)
+        return self.lp.sum(-1)
+
+    @property
+    def lengths(self) -> torch.Tensor:  # (B,) |y|
+        return self.mask.sum(-1)
+
+
+def forward(model, enc: Encoded, need_dist: bool = False, layer: int | None = None) -> Fwd:
+    """Run the model once; return per-token log-probs (+ full distributions / a layer's hidden states).
+
+    Hidden states of decoder layer ℓ are taken by a forward hook on that block (its raw output, before any
+    final norm), at the positions that *predict* scored tokens: h[:, :-1] where labels_mask[:, 1:] = 1."""
+    captured: dict[str, torch.Tensor] = {}
+    handle = None
+    if layer is not None:
+        block = decoder_layers(model)[layer]
+
+        def hook(_m, _inp, out):
+            captured["h"] = out[0] if isinstance(out, (tuple, list)) else out
+
+        handle = block.register_forward_hook(hook)
+    try:
+        logits = model(input_ids=enc.input_ids, attention_mask=enc.attention_mask).logits  # (B, T, V)
+    finally:
+        if handle is not None:
+            handle.remove()
+    lp = token_logprobs(logits, enc.input_ids, enc.labels_mask)
+    out = Fwd(lp=lp, mask=enc.labels_mask[:, 1:].to(lp.dtype))
+    if need_dist:
+        out.dist = scored_log_softmax(logits, enc.labels_mask)
+    if layer is not None:
+        out.hidden = captured["h"][:, :-1][enc.labels_mask[:, 1:].bool()].float()
+    return out
+
+
+# ----- the interface every method and regulariser implements -----
+
+@dataclass
+class Ctx:
+    """What a loss may touch: the trained model, data splits, the reference, the config, the device."""
+    model: Any
+    tok: Any
+    cfg: Any  # UnlearnConfig
+    data: dict[str, Split]
+    device: torch.device
+    ref: Any = None  # reference.Reference
+    state: dict[str, Any] = field(default_factory=dict)  # method-owned tensors (e.g. RMU direction u)
+
+    def autocast(self):
+        if self.cfg.precision == "bf16-mixed":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+class Method(abc.ABC):
+    """An unlearning objective on the forget set. Subclasses set `name`, `ref_needs` and implement forget_loss.
+
+    ref_needs: (split, kind) pairs the reference must provide; kind ∈ {"seq", "dist", "hidden"}."""
+    name = "method"
+    default_beta: float | None = None
+    ref_needs: tuple[tuple[str, str], ...] = ()
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.beta = cfg.beta if cfg.beta is not None else self.default_beta
+
+    def setup(self, ctx: Ctx) -> None:
+        """Add extra splits (IdkDPO refusals) or state (RMU direction); runs before the reference is built."""
+
+    def trainable(self, model, ctx: Ctx) -> list[str] | None:
+        """Names of the parameters this method trains (None = all)."""
+        return None
+
+    @abc.abstractmethod
+    def forget_loss(self, ctx: Ctx, idx: list[int]) -> torch.Tensor:
+        """Scalar loss to minimise on the forget examples `idx` (indices into ctx.data["forget"])."""
+
+    def retain_loss(self, ctx: Ctx, idx: list[int]) -> torch.Tensor | None:
+        """A method's own utility term (RMU); None for methods that rely on the regulariser."""
+        return None
+
+    def hparams(self) -> dict[str, Any]:
+        return {"beta": self.beta} if self.beta is not None else {}
+
+
+class Regularizer:
+    name = "none"
+    needs_retain = False
+    ref_needs: tuple[tuple[str, str], ...] = ()
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    def loss(self, ctx: Ctx, idx: list[int]) -> torch.Tensor | None:
+        return None

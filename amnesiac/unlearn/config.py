@@ -1,0 +1,119 @@
+"""Unlearning run configuration and method-name parsing (`npo_klr`, `ga_gdr_sure`, `simnpo`)."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from ..io import hash_obj
+from ..registry import lookup, registry
+from .common import UnlearnError
+
+
+@dataclass
+class UnlearnConfig:
+    # objective (SCIENCE.md §2)
+    method: str = "npo"  # a method, optionally with a regulariser / _sure suffix: npo_klr, ga_gdr_sure
+    regularizer: str | None = None  # none | gdr | klr (None: from the method name, else none)
+    alpha: float = 1.0  # regulariser weight
+    beta: float | None = None  # NPO/IdkDPO β (default 0.1), SimNPO β (default 2.5)
+    gamma: float = 0.0  # SimNPO γ
+    rmu_layer: int | None = None  # RMU layer ℓ (default n_layers // 2)
+    rmu_c: float = 6.5  # RMU steering scale c
+    rmu_alpha: float = 100.0  # RMU retain-term weight
+    # optimiser and schedule (the paper's regime: AdamW, lr 1e-5, constant)
+    lr: float = 1e-5
+    schedule: str = "constant"  # constant | linear | cosine
+    warmup_steps: int = 0
+    weight_decay: float = 0.01  # on ≥2-D tensors only (HF Trainer convention: no decay on norms/biases)
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    max_grad_norm: float | None = 1.0  # None/0: no clipping
+    batch_size: int = 8
+    retain_batch_size: int | None = None  # default: batch_size
+    grad_accum: int = 1
+    epochs: float = 5.0  # over the forget set (retain batches cycle alongside)
+    max_steps: int | None = None  # optimizer steps; overrides epochs
+    seed: int = 0
+    precision: str = "float32"  # float32 | bfloat16 (weights and optimizer in bf16) | bf16-mixed (autocast)
+    device: str = "auto"
+    gradient_checkpointing: bool = False
+    max_length: int | None = None
+    # reference model
+    reference: str = "auto"  # auto | precompute | copy
+    ref_max_gb: float = 2.0
+    # SURE
+    sure_percentile: float | None = None
+    sure_scope: str = "matrix"  # matrix | global
+    # LoRA
+    lora_rank: int | None = None
+    lora_alpha: float | None = None
+    lora_dropout: float = 0.0
+    lora_targets: str = "all-linear"
+    # bookkeeping
+    checkpoint_every: int | None = None
+    keep_checkpoint: bool = False
+    early_stop_recall: float | None = None  # stop once monitor forget recall ≤ this
+    early_stop_relative: bool = False  # threshold = early_stop_recall × recall before training
+    early_stop_every: int = 10
+    monitor_size: int = 32
+    log_every: int = 1
+    progress: bool = True
+
+    # fields that do not change the trained weights (may differ on resume)
+    _NON_TRAINING = ("checkpoint_every", "keep_checkpoint", "log_every", "progress", "reference", "ref_max_gb")
+
+    def resolved(self) -> tuple[str, str, bool]:
+        return parse_method(self.method, self.regularizer, self.sure_percentile)
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["adam_betas"] = list(self.adam_betas)
+        return d
+
+    def training_hash(self) -> str:
+        d = {k: v for k, v in self.to_json().items() if k not in self._NON_TRAINING}
+        return hash_obj(d)
+
+    @classmethod
+    def from_kwargs(cls, **kw) -> "UnlearnConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        bad = sorted(set(kw) - names)
+        if bad:
+            raise UnlearnError(f"unknown unlearn option(s) {', '.join(bad)}; available: {', '.join(sorted(names))}")
+        return cls(**kw)
+
+
+def parse_method(name: str, regularizer: str | None = None, sure_percentile: float | None = None) -> tuple[str, str, bool]:
+    """'NPO_KLR' → ('npo', 'klr', False); 'ga_gdr_sure' → ('ga', 'gdr', True); 'simnpo' → ('simnpo', 'none', False).
+
+    A regulariser given both in the name and explicitly must agree. Unknown names raise, listing what exists."""
+    from ..registry import load_all
+
+    load_all()
+    parts = [p for p in name.lower().replace("-", "_").split("_") if p]
+    if not parts:
+        raise UnlearnError("empty method name")
+    sure = sure_percentile is not None
+    if parts[-1] == "sure":
+        sure, parts = True, parts[:-1]
+    methods, regs = registry("unlearn_methods"), registry("regularizers")
+    m = parts[0]
+    if m not in methods:
+        combos = ", ".join(sorted(methods)) + f" (optionally _{'/_'.join(sorted(regs))} and _sure)"
+        raise UnlearnError(f"unknown unlearning method {name!r}; available: {combos}")
+    if len(parts) > 2:
+        raise UnlearnError(f"cannot parse method {name!r}: expected METHOD[_REGULARIZER][_sure]")
+    r_name = parts[1] if len(parts) == 2 else None
+    if regularizer is not None:
+        if r_name is not None and r_name != regularizer.lower():
+            raise UnlearnError(f"method {name!r} names regulariser {r_name!r} but regularizer={regularizer!r} was given")
+        r_name = regularizer.lower()
+    r_name = r_name or "none"
+    try:
+        lookup("regularizers", r_name)
+    except KeyError as e:
+        raise UnlearnError(e.args[0]) from None
+    return m, r_name, sure
+
+
+SURE_DEFAULT_PERCENTILE = 90.0  # "_sure" without an explicit percentile: top 10 % of rows (SCIENCE.md §1)

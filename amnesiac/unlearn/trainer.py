@@ -1,0 +1,268 @@
+"""The one unlearning loop: AdamW, lr schedule with warmup, gradient accumulation, clipping, paired
+forget/retain batches, SURE row masks, early stopping on forget recall, pickle-free checkpoints, resume.
+
+Determinism: which examples a micro-batch holds is a pure function of (seed, micro-batch number), so the data
+"cursor" is just the step; the lr is a pure function of the step (no scheduler object to save). A checkpoint
+holds the trained tensors, AdamW's moments and step counts, and the RNG states, as safetensors, and scalars as
+JSON; resuming from it reproduces the uninterrupted run bit for bit on CPU.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..io import write_json
+from ..models.train import lr_at
+from . import sure as sure_mod
+from .common import Ctx, Method, Regularizer
+
+
+class UnlearnDiverged(FloatingPointError):
+    """A non-finite loss or gradient; the last good checkpoint (if any) is left in place."""
+
+
+class Sampler:
+    """Endless epochs over n examples, a fresh seeded permutation each epoch; batch k is a pure function of k."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, stream: str):
+        self.n, self.bs, self.seed, self.stream = n, min(batch_size, n), seed, stream
+        self.per_epoch = math.ceil(n / self.bs)  # the last batch of an epoch may be smaller
+        self._cache: dict[int, list[int]] = {}
+
+    def _perm(self, epoch: int) -> list[int]:
+        if epoch not in self._cache:
+            perm = list(range(self.n))
+            random.Random(f"{self.stream}-{self.seed}-{epoch}").shuffle(perm)
+            self._cache = {epoch: perm}
+        return self._cache[epoch]
+
+    def __call__(self, k: int) -> list[int]:
+        epoch, j = divmod(k, self.per_epoch)
+        return self._perm(epoch)[j * self.bs: (j + 1) * self.bs]
+
+
+# ----- checkpoints (no pickle: safetensors for tensors, JSON for scalars) -----
+
+def save_checkpoint(path: Path, params: dict[str, torch.nn.Parameter], opt: torch.optim.Optimizer, state: dict) -> None:
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(path.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    save_file({n: p.detach().cpu().contiguous() for n, p in params.items()}, str(tmp / "params.safetensors"))
+    opt_t, opt_meta = {}, {}
+    plist = list(params.values())
+    for i, p in enumerate(plist):
+        st = opt.state.get(p, {})
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                opt_t[f"{i}.{k}"] = v.detach().cpu().contiguous()
+            else:
+                opt_meta[f"{i}.{k}"] = v
+    save_file(opt_t or {"_empty": torch.zeros(0)}, str(tmp / "optimizer.safetensors"))
+    rng = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["torch_cuda"] = torch.cuda.get_rng_state()
+    save_file(rng, str(tmp / "rng.safetensors"))
+    write_json(tmp / "state.json", {**state, "param_names": list(params), "opt_scalars": opt_meta,
+                                    "python_random": _py_rng_state()})
+    old = path.with_name(path.name + ".old")
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def _py_rng_state():
+    v, s, g = random.getstate()
+    return [v, list(s), g]
+
+
+def load_checkpoint(path: Path, params: dict[str, torch.nn.Parameter], opt: torch.optim.Optimizer) -> dict:
+    from safetensors.torch import load_file
+
+    state = json.loads((path / "state.json").read_text())
+    if state["param_names"] != list(params):
+        raise ValueError(f"{path}: checkpoint trains different parameters than this run; refusing to resume")
+    saved = load_file(str(path / "params.safetensors"))
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(saved[n].to(p.device))
+    # AdamW state is keyed by parameter object; restore it the same way it was saved (by position in `params`).
+    # Hyper-parameters come from the config and the lr from the step, so param_groups need no restoring.
+    opt_t = {**load_file(str(path / "optimizer.safetensors")), **state["opt_scalars"]}
+    plist = list(params.values())
+    for key, v in opt_t.items():
+        if key == "_empty":
+            continue
+        i, k = key.split(".", 1)
+        p = plist[int(i)]
+        if torch.is_tensor(v) and k != "step":
+            v = v.to(device=p.device, dtype=p.dtype)
+        opt.state[p][k] = v
+    rng = load_file(str(path / "rng.safetensors"))
+    torch.set_rng_state(rng["torch_cpu"])
+    if "torch_cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["torch_cuda"])
+    v, s, g = state["python_random"]
+    random.setstate((v, tuple(s), g))
+    return state
+
+
+# ----- the loop -----
+
+def total_steps(cfg, n_forget: int) -> int:
+    if cfg.max_steps is not None:
+        return int(cfg.max_steps)
+    per_epoch = math.ceil(n_forget / min(cfg.batch_size, n_forget))
+    return max(1, math.ceil(cfg.epochs * per_epoch / cfg.grad_accum))
+
+
+def make_optimizer(params: dict[str, torch.nn.Parameter], cfg, sure_masks) -> tuple[torch.optim.Optimizer, dict]:
+    """AdamW with decay on ≥2-D tensors. Under SURE the decay moves to sure.masked_weight_decay (returned map)."""
+    wd_map = {n: (cfg.weight_decay if p.dim() >= 2 else 0.0) for n, p in params.items()}
+    names = list(params)
+    if sure_masks is not None:
+        groups = [{"params": [params[n] for n in names], "weight_decay": 0.0}]
+    else:
+        decay = [params[n] for n in names if wd_map[n]]
+        no = [params[n] for n in names if not wd_map[n]]
+        groups = [g for g in ({"params": decay, "weight_decay": cfg.weight_decay}, {"params": no, "weight_decay": 0.0})
+                  if g["params"]]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps)
+    return opt, wd_map
+
+
+def train(ctx: Ctx, method: Method, reg: Regularizer, params: dict[str, torch.nn.Parameter],
+          out: Path | None = None, sure_masks: dict | None = None, resume: bool = False,
+          monitor: Callable[[], float] | None = None, callbacks=(), config_hash: str = "") -> dict:
+    """Run the unlearning loop on ctx.model; returns {log, steps, stopped_early, monitor, resumed_from}."""
+    from tqdm.auto import tqdm
+
+    cfg = ctx.cfg
+    model = ctx.model
+    forget = ctx.data["forget"]
+    use_retain = "retain" in ctx.data and (reg.needs_retain or type(method).retain_loss is not Method.retain_loss)
+    fs = Sampler(len(forget), cfg.batch_size, cfg.seed, "forget")
+    rs = Sampler(len(ctx.data["retain"]), cfg.retain_batch_size or cfg.batch_size, cfg.seed, "retain") if use_retain else None
+    total = total_steps(cfg, len(forget))
+    opt, wd_map = make_optimizer(params, cfg, sure_masks)
+    plist = list(params.values())
+    ckpt = out / "checkpoint" if out is not None else None
+    log_path = out / "log.jsonl" if out is not None else None
+
+    torch.manual_seed(cfg.seed)
+    state = {"step": 0, "log": [], "elapsed": 0.0, "monitor": [], "config_hash": config_hash}
+    resumed_from = None
+    if resume and ckpt is not None and ckpt.exists():
+        state = load_checkpoint(ckpt, params, opt)
+        if state.get("config_hash") != config_hash:
+            raise ValueError(f"{ckpt}: saved by a run with a different training config; use the same options "
+                             "to resume, or start over with overwrite")
+        resumed_from = state["step"]
+    if log_path is not None:  # the JSONL log always matches the state we continue from
+        log_path.write_text("".join(json.dumps(r) + "\n" for r in state["log"]))
+    start, log, mon_log = state["step"], state["log"], state["monitor"]
+    threshold = None
+    if monitor is not None and cfg.early_stop_recall is not None:
+        if cfg.early_stop_relative:
+            if "monitor_start" not in state:
+                state["monitor_start"] = monitor()
+            threshold = cfg.early_stop_recall * state["monitor_start"]
+        else:
+            threshold = cfg.early_stop_recall
+
+    model.train()
+    t0 = time.time() - state["elapsed"]
+    stopped_early = False
+    bar = tqdm(total=total, initial=start, desc=f"unlearn {cfg.method}", disable=not cfg.progress, leave=False)
+    step = start
+    for step in range(start, total):
+        lr = lr_at(step, total, cfg.lr, cfg.warmup_steps, cfg.schedule)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        parts = {"loss": 0.0, "forget": 0.0, "retain_term": 0.0, "reg": 0.0}
+        for k in range(cfg.grad_accum):
+            m = step * cfg.grad_accum + k
+            fidx = fs(m)
+            with ctx.autocast():
+                lf = method.forget_loss(ctx, fidx)
+                terms = {"forget": lf}
+                if rs is not None:
+                    ridx = rs(m)
+                    lr_m = method.retain_loss(ctx, ridx)
+                    if lr_m is not None:
+                        terms["retain_term"] = lr_m
+                    lreg = reg.loss(ctx, ridx)
+                    if lreg is not None:
+                        terms["reg"] = lreg
+            loss = terms["forget"] + terms.get("retain_term", 0.0) + cfg.alpha * terms.get("reg", 0.0)
+            vals = {k2: float(v.detach()) for k2, v in terms.items()}
+            if not math.isfinite(float(loss.detach())):
+                raise UnlearnDiverged(_diverged_msg(step, vals, ckpt))
+            (loss / cfg.grad_accum).backward()
+            parts["loss"] += float(loss.detach()) / cfg.grad_accum
+            for k2, v in vals.items():
+                parts[k2] += v / cfg.grad_accum
+        if sure_masks is not None:
+            sure_mod.mask_grads(params, sure_masks)
+        gn = torch.nn.utils.clip_grad_norm_(plist, cfg.max_grad_norm or float("inf"))
+        if not torch.isfinite(gn):
+            raise UnlearnDiverged(_diverged_msg(step, {"grad_norm": float(gn)}, ckpt))
+        if sure_masks is not None:
+            sure_mod.masked_weight_decay(params, sure_masks, lr, wd_map)
+        opt.step()
+
+        rec = {"step": step + 1, "lr": lr, "grad_norm": _sig(float(gn)),
+               **{k: _sig(v) for k, v in parts.items() if k == "loss" or k in terms},
+               "t": round(time.time() - t0, 3)}
+        if threshold is not None and (step + 1) % cfg.early_stop_every == 0:
+            r = monitor()
+            model.train()
+            rec["monitor_recall"] = r
+            mon_log.append({"step": step + 1, "recall": r})
+            stopped_early = r <= threshold
+        if (step + 1) % cfg.log_every == 0 or step + 1 == total or stopped_early:
+            log.append(rec)
+            if log_path is not None:
+                with open(log_path, "a") as f:
+                    f.write(json.dumps(rec) + "\n")
+        bar.set_postfix({k: f"{rec[k]:.4g}" for k in ("loss", "forget", "reg", "retain_term") if k in rec})
+        bar.update(1)
+        if ckpt is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total:
+            save_checkpoint(ckpt, params, opt, {**state, "step": step + 1, "log": log, "monitor": mon_log,
+                                                "elapsed": time.time() - t0})
+        for cb in callbacks:
+            cb(rec)
+        if stopped_early:
+            break
+    bar.close()
+    model.eval()
+    return {"log": log, "steps": (step + 1) if total > start else start, "total_steps": total,
+            "stopped_early": stopped_early, "early_stop_threshold": threshold, "monitor": mon_log,
+            "monitor_start": state.get("monitor_start"), "resumed_from": resumed_from,
+            "train_wall_s": time.time() - t0}
+
+
+def _sig(x: float) -> float:
+    """7 significant digits: compact logs without flattening tiny losses (SimNPO's can be ~1e-7) to 0."""
+    return float(f"{x:.7g}")
+
+
+def _diverged_msg(step: int, vals: dict, ckpt: Path | None) -> str:
+    where = (f"the last good checkpoint is kept at {ckpt}" if ckpt is not None and ckpt.exists()
+             else "no checkpoint was written yet (use checkpoint_every)")
+    nums = ", ".join(f"{k}={v:.4g}" for k, v in vals.items())
+    return (f"non-finite loss or gradient at step {step + 1} ({nums}); {where}. "
+            "Lower the learning rate, use float32, or add a regulariser.")
