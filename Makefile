@@ -9,7 +9,7 @@ $(BIN)/amnesiac: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0   # the CPU wheel; an unpinned torch pulls GBs of CUDA packages
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -e ".[test]" torch==2.13.0   # pin again so no extra can upgrade torch
 	touch $(BIN)/amnesiac
 
 install: $(BIN)/amnesiac

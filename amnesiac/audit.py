@@ -40,9 +40,9 @@ QUANT = {
 SUITES = {
     "quick": ["fp", "rtn8", "rtn4_g64", "paraphrase"],
     "full": ["fp", "rtn8", "rtn4_g64", "rtn4_g128_asym", "rtn3_g64", "rtn2_g64", "hqq4", "quanto4", "quanto8",
-             "torchao4", "bnb_nf4", "paraphrase", "icl_forget", "icl_same_person", "step", "cloze", "relearn"],
+             "torchao4", "bnb_nf4", "paraphrase", "icl_forget", "icl_same_person", "step_by_step", "cloze", "relearn"],
 }
-PROMPT_ATTACKS = {"paraphrase", "icl_forget", "icl_same_person", "step", "cloze"}
+PROMPT_ATTACKS = {"paraphrase", "icl_forget", "icl_same_person", "step_by_step", "cloze"}
 
 
 @dataclass
@@ -90,15 +90,21 @@ def available_attacks(names: list[str]) -> tuple[list[str], dict[str, str]]:
 # ----------------------------------------------------------------------------- measuring one model
 
 def knowledge(model, tok, forget: list[QAItem], retain: list[QAItem], prompts: list[str] | None = None,
-              batch_size: int = 64) -> dict[str, list[float]]:
-    """Per-item forget recall / answer probability and retain recall (prompts override forget questions)."""
+              batch_size: int = 64, stop_strings: tuple[str, ...] = ("\n",)) -> dict[str, list[float]]:
+    """Per-item forget recall / answer probability and retain recall (prompts override forget questions;
+    `stop_strings` apply to the forget prompts: cloze completions also end at ". ")."""
     from .core import generate_greedy, score_pairs
     from .metrics.text import exact_match
 
     fp = prompts if prompts is not None else [qa_prompt(it.question) for it in forget]
-    outs = generate_greedy(model, tok, fp + [qa_prompt(it.question) for it in retain], max_new_tokens=16,
-                           stop_strings=["\n"], batch_size=batch_size)
-    f_out, r_out = outs[: len(forget)], outs[len(forget):]
+    if tuple(stop_strings) == ("\n",):  # one batched pass for both sets
+        outs = generate_greedy(model, tok, fp + [qa_prompt(it.question) for it in retain], max_new_tokens=16,
+                               stop_strings=["\n"], batch_size=batch_size)
+        f_out, r_out = outs[: len(forget)], outs[len(forget):]
+    else:
+        f_out = generate_greedy(model, tok, fp, max_new_tokens=16, stop_strings=list(stop_strings), batch_size=batch_size)
+        r_out = generate_greedy(model, tok, [qa_prompt(it.question) for it in retain], max_new_tokens=16,
+                                stop_strings=["\n"], batch_size=batch_size) if retain else []
     sc = score_pairs(model, tok, fp, [qa_answer(it.answer) for it in forget], batch_size=batch_size)
     return {"forget_em": [exact_match(o, it.answer) for o, it in zip(f_out, forget)],
             "retain_em": [exact_match(o, it.answer) for o, it in zip(r_out, retain)],
@@ -277,8 +283,10 @@ class Audit:
             qm, _ = quantize_model(model, q)
             return knowledge(qm, tok, self.forget, retain, batch_size=cfg.batch_size)
         if attack in PROMPT_ATTACKS:
+            from .attacks.prompts import STOPS
+
             return knowledge(model, tok, self.forget, [], prompts=_prompt_variant(attack, self.forget, retain, cfg.seed),
-                             batch_size=cfg.batch_size)
+                             batch_size=cfg.batch_size, stop_strings=STOPS.get(attack, ("\n",)))
         if attack == "relearn":
             from .attacks.relearn import relearn_attack, split_forget
 

@@ -46,6 +46,7 @@ def test_prompt_transforms(qa_people):
     assert build_prompts("icl_retain", f, pool=r, k=1)[0][0].count("Question:") == 2
     cl = build_prompts("cloze", f)
     assert cl[0][0] and f[0].answer not in cl[0][0] and (cl[0][0] + " " + f[0].answer) in f[0].paraphrased_answer
+    assert build_prompts("step", f) == build_prompts("step_by_step", f)  # alias used by the audit
     with pytest.raises(KeyError):
         build_prompts("nope", f)
 

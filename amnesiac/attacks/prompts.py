@@ -32,7 +32,8 @@ from ..registry import register
 from .base import AttackResult, measure_cost
 
 TRANSFORMS: dict[str, Callable] = {}
-STOPS: dict[str, tuple[str, ...]] = {}
+STOPS: dict[str, tuple[str, ...]] = {}  # stop strings to generate with, per transform (cloze also stops at ". ")
+ALIASES = {"step": "step_by_step", "paraphrased": "paraphrase"}
 
 
 def transform(name: str, stops: tuple[str, ...] = ("\n",)):
@@ -107,6 +108,7 @@ def _cloze(items, pool=None, k=3, seed=0):
 
 def build_prompts(name: str, items: list[QAItem], pool: list[QAItem] | None = None, k: int = 3,
                   seed: int = 0) -> list[list[str]]:
+    name = ALIASES.get(name, name)
     if name not in TRANSFORMS:
         raise KeyError(f"unknown prompt transform {name!r}; available: {', '.join(TRANSFORMS)}")
     return TRANSFORMS[name](items, pool=pool, k=k, seed=seed)
@@ -116,6 +118,7 @@ def prompt_recall(model, tok, items: list[QAItem], name: str, pool=None, k: int 
                   max_new_tokens: int = 16, batch_size: int = 32) -> MetricResult:
     """Exact-match recall under one transformation. value = mean over variants (per item, then
     items with ≥1 variant); meta.any = best-of-n; items the transform cannot phrase are left out."""
+    name = ALIASES.get(name, name)
     variants = build_prompts(name, items, pool, k, seed)
     flat = [(i, p) for i, vs in enumerate(variants) for p in vs]
     outs = generate_greedy(model, tok, [p for _, p in flat], max_new_tokens=max_new_tokens,

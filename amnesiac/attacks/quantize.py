@@ -11,7 +11,7 @@ from .quant import get_quantizer, quantize_model
 def _lib_version(backend: str) -> str | None:
     from importlib.metadata import PackageNotFoundError, version
 
-    dist = {"quanto": "optimum-quanto", "hqq": "hqq", "torchao": "torchao", "bnb": "bitsandbytes"}.get(backend)
+    dist = {"quanto": "optimum-quanto", "hqq": "hqq", "torchao": "torchao", "bnb": "bitsandbytes", "gguf": "gguf"}.get(backend)
     try:
         return version(dist) if dist else None
     except PackageNotFoundError:

@@ -76,9 +76,18 @@ def load_model(path: str | Path, device: str | None = "auto", dtype: str | None 
         kw["device_map"] = device_map
     try:
         if p.suffix == ".gguf":
-            model = AutoModelForCausalLM.from_pretrained(str(p.parent), gguf_file=p.name, **kw)
+            # dequantize=True: a plain dense model (trainable, saveable). Without it transformers ≥ 5.2x
+            # keeps the blocks packed (GgufLinear, not trainable) wherever a `kernels` GGUF matmul exists.
+            from transformers.utils.quantization_config import GgufConfig
+
+            model = AutoModelForCausalLM.from_pretrained(str(p.parent), gguf_file=p.name,
+                                                         quantization_config=GgufConfig(dequantize=True), **kw)
         else:
             model = AutoModelForCausalLM.from_pretrained(str(p), use_safetensors=True, **kw)
+    except ImportError as e:
+        if p.suffix == ".gguf" and "gguf" in str(e).lower():
+            raise ModelLoadError(f"{p}: reading GGUF files needs the `gguf` package: pip install gguf") from e
+        raise
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"{p}: could not load model ({e})") from e
     if not device_map:

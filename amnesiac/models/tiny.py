@@ -25,11 +25,11 @@ SIZES = {
 # model's own training questions reaches `criterion` (or `max_epochs`), since how many passes a tiny
 # model needs to memorise random facts is not known in advance. The rounds and recalls go to train.json.
 RECIPES = {
-    "xs": dict(base_epochs=2.0, base_lr=3e-3, ft_lr=3e-3, renders=1, batch_size=16, check_every=10,
+    "xs": dict(base_epochs=2.0, base_lr=3e-3, ft_lr=3e-3, renders=1, batch_size=16, base_batch_size=32, check_every=5,
                max_epochs=150, criterion=0.97),
-    "s": dict(base_epochs=2.0, base_lr=2e-3, ft_lr=2e-3, renders=1, batch_size=16, check_every=8,
+    "s": dict(base_epochs=2.0, base_lr=2e-3, ft_lr=2e-3, renders=1, batch_size=16, base_batch_size=32, check_every=5,
               max_epochs=120, criterion=0.97),
-    "m": dict(base_epochs=2.0, base_lr=1e-3, ft_lr=1e-3, renders=1, batch_size=16, check_every=8,
+    "m": dict(base_epochs=2.0, base_lr=1e-3, ft_lr=1e-3, renders=1, batch_size=16, base_batch_size=32, check_every=5,
               max_epochs=120, criterion=0.97),
 }
 
@@ -131,7 +131,7 @@ def prepare(size: str = "xs", seed: int = 0, force: bool = False, log=print, **k
         ex += [_text_example(tok, s) for s in bios.filler_sentences(rng, cfg["n_filler"])]
         model = build_llama(cfg["arch"], tok)
         steps = train_lm(model, ex, tok.pad_token_id, epochs=rec["base_epochs"], lr=rec["base_lr"],
-                         batch_size=rec["batch_size"], seed=seed, desc="base")
+                         batch_size=rec["base_batch_size"], seed=seed, desc="base")
         finish("base", model, steps, t0, {"n_examples": len(ex)})
 
     forget_n = len({it.person for it in load_qa_jsonl(data_dir / f"{cfg['forget']}.jsonl")})
@@ -146,17 +146,21 @@ def prepare(size: str = "xs", seed: int = 0, force: bool = False, log=print, **k
         ex = _people_examples(tok, people, random.Random(seed + 7), renders=rec["renders"], qa=True, all_questions=False)
         model = AutoModelForCausalLM.from_pretrained(str(paths["base"]), dtype=torch.float32)
         train_items = [it for p in people for it in bios.qa_items(p, random.Random(0))]
-        steps, rounds, epochs = [], [], 0
-        while epochs < rec["max_epochs"]:
-            steps += train_lm(model, ex, tok.pad_token_id, epochs=rec["check_every"], lr=rec["ft_lr"],
-                              batch_size=rec["batch_size"], seed=seed + 1 + epochs, desc=f"{name} ep{epochs}",
-                              warmup=20 if epochs == 0 else 0, schedule="constant")
-            epochs += rec["check_every"]
+        rounds: list[dict] = []
+
+        def check(ep: int) -> bool:  # every `check_every` epochs: recall on the training questions
+            if ep % rec["check_every"]:
+                return False
             r = exact_match_recall(model, tok, train_items).value
-            rounds.append({"epochs": epochs, "train_recall": r, "t": round(time.time() - t0, 1)})
-            log(f"[prepare] {name}: {epochs} epochs, recall on its training questions {r:.3f}")
-            if r >= rec["criterion"]:
-                break
+            model.train()
+            rounds.append({"epochs": ep, "train_recall": r, "t": round(time.time() - t0, 1)})
+            log(f"[prepare] {name}: {ep} epochs, recall on its training questions {r:.3f}")
+            return r >= rec["criterion"]
+
+        steps = train_lm(model, ex, tok.pad_token_id, epochs=rec["max_epochs"], lr=rec["ft_lr"],
+                         batch_size=rec["batch_size"], seed=seed + 1, desc=name, warmup=20, schedule="constant",
+                         on_epoch=check)
+        epochs = rounds[-1]["epochs"] if rounds else rec["max_epochs"]
         recall = {}
         for split in (cfg["forget"], "retain" + str(100 - int(cfg["forget"][-2:]))):
             items = load_qa_jsonl(data_dir / f"{split}.jsonl")

@@ -14,13 +14,16 @@ import torch
 from ..core.logprobs import collate
 
 
-def lm_loss(model, batch) -> torch.Tensor:
-    """Mean NLL over scored tokens. batch: core.logprobs.Encoded."""
+def lm_loss(model, batch, per_example: bool = False) -> torch.Tensor:
+    """Mean NLL over scored tokens (or, with `per_example`, the mean over examples of each example's
+    mean NLL: a 2-token answer then weighs as much as a 70-token biography). batch: core.logprobs.Encoded."""
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
     tgt = batch.input_ids[:, 1:]
     mask = batch.labels_mask[:, 1:].float()
     nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), tgt.reshape(-1),
                                             reduction="none").view_as(mask)
+    if per_example:
+        return ((nll * mask).sum(1) / mask.sum(1).clamp_min(1)).mean()
     return (nll * mask).sum() / mask.sum().clamp_min(1)
 
 
@@ -37,8 +40,13 @@ def lr_at(step: int, total: int, lr: float, warmup: int, schedule: str = "cosine
 
 def train_lm(model, examples: list[tuple[list[int], int]], pad_id: int, epochs: float = 1.0, lr: float = 1e-3,
              batch_size: int = 32, warmup: int = 50, weight_decay: float = 0.0, seed: int = 0,
-             schedule: str = "cosine", desc: str = "train", log_every: int = 10, max_grad_norm: float = 1.0):
-    """AdamW over shuffled, length-bucketed batches. Returns the per-step loss log."""
+             schedule: str = "cosine", desc: str = "train", log_every: int = 10, max_grad_norm: float = 1.0,
+             on_epoch=None, per_example: bool = False):
+    """AdamW over shuffled, length-bucketed batches. Returns the per-step loss log.
+
+    `on_epoch(n_epochs_done) -> bool` is called after every full pass; True stops training (used to
+    train "to criterion" without restarting the optimiser, whose fresh first step would kick every weight
+    by ≈ lr)."""
     from tqdm.auto import tqdm
 
     if not examples:
@@ -52,6 +60,7 @@ def train_lm(model, examples: list[tuple[list[int], int]], pad_id: int, epochs: 
     total = max(1, int(round(epochs * n_batches)))
     log: list[dict] = []
     step = 0
+    epoch = 0
     t0 = time.time()
     bar = tqdm(total=total, desc=desc, leave=False)
     while step < total:
@@ -72,7 +81,7 @@ def train_lm(model, examples: list[tuple[list[int], int]], pad_id: int, epochs: 
             enc = collate([examples[i] for i in b], pad_id)
             enc.input_ids, enc.attention_mask, enc.labels_mask = (enc.input_ids.to(dev), enc.attention_mask.to(dev),
                                                                   enc.labels_mask.to(dev))
-            loss = lm_loss(model, enc)
+            loss = lm_loss(model, enc, per_example)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{desc}: non-finite loss at step {step}")
             opt.zero_grad(set_to_none=True)
@@ -85,6 +94,10 @@ def train_lm(model, examples: list[tuple[list[int], int]], pad_id: int, epochs: 
                 bar.set_postfix(loss=f"{loss.item():.3f}")
             bar.update(1)
             step += 1
+        else:
+            epoch += 1
+            if on_epoch is not None and on_epoch(epoch):
+                break
     bar.close()
     model.eval()
     return log

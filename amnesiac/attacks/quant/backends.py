@@ -17,6 +17,7 @@ INSTALL = {  # extra name in pyproject → (import name, pip hint)
     "hqq": ("hqq", "pip install 'amnesiac[hqq]'  (hqq)"),
     "torchao": ("torchao", "pip install 'amnesiac[torchao]'  (torchao)"),
     "bnb": ("bitsandbytes", "pip install 'amnesiac[bnb]'  (bitsandbytes)"),
+    "gguf": ("gguf", "pip install gguf  (llama.cpp's gguf-py; a core dependency of amnesiac)"),  # kind=q4_0|q4_1|q5_0|q5_1|q8_0
 }
 BACKENDS = ["rtn", *INSTALL]
 

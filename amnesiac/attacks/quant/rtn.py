@@ -123,8 +123,20 @@ class RTN:
         return self.quantize(w).dequantize().to(w.dtype)
 
     def fake_quant(self, w: torch.Tensor) -> torch.Tensor:
-        """Q(w) forward, straight-through (identity) gradient backward (SCIENCE.md §2b)."""
-        return w + (self(w) - w).detach()
+        """Q(w) forward, bit-identical to self(w); straight-through (identity) gradient backward (§2b)."""
+        return _StraightThrough.apply(w, self(w.detach()))
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Returns q exactly (w + (q − w).detach() can differ from q in the last bit); ∂/∂w = identity."""
+
+    @staticmethod
+    def forward(ctx, w, q):
+        return q.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g, None
 
 
 def parse_rtn(spec: str) -> RTN:
