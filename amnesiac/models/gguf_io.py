@@ -119,56 +119,60 @@ def write_gguf(model, tokenizer, path: str | Path, ftype: str = "f32", embed_typ
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    w = gguf.GGUFWriter(str(tmp), "llama")
-    w.add_name(name or getattr(cfg, "_name_or_path", "") or path.stem)
-    w.add_context_length(cfg.max_position_embeddings)
-    w.add_embedding_length(cfg.hidden_size)
-    w.add_block_count(cfg.num_hidden_layers)
-    w.add_feed_forward_length(cfg.intermediate_size)
-    w.add_head_count(n_head)
-    w.add_head_count_kv(n_kv)
-    w.add_rope_dimension_count(head_dim)
-    w.add_rope_freq_base(float(rope))
-    w.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
-    w.add_vocab_size(cfg.vocab_size)
-    w.add_file_type(getattr(gguf.LlamaFileType, "ALL_F32" if ftype == "f32" else f"MOSTLY_{ftype.upper()}"))
-    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    tf = tokenizer_fields(tokenizer, cfg.vocab_size)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre(tf["pre"])
-    w.add_token_list(tf["tokens"])
-    w.add_token_types(tf["types"])
-    if tf["merges"]:
-        w.add_token_merges(tf["merges"])
-    for key, tid in (("bos", tokenizer.bos_token_id), ("eos", tokenizer.eos_token_id),
-                     ("pad", tokenizer.pad_token_id), ("unk", tokenizer.unk_token_id)):
-        if tid is not None:
-            getattr(w, f"add_{key}_token_id")(int(tid))
-    w.add_add_bos_token(bool(getattr(tokenizer, "add_bos_token", False)))
-    if getattr(tokenizer, "chat_template", None):
-        w.add_chat_template(tokenizer.chat_template)
+    try:
+        w = gguf.GGUFWriter(str(tmp), "llama")
+        w.add_name(name or getattr(cfg, "_name_or_path", "") or path.stem)
+        w.add_context_length(cfg.max_position_embeddings)
+        w.add_embedding_length(cfg.hidden_size)
+        w.add_block_count(cfg.num_hidden_layers)
+        w.add_feed_forward_length(cfg.intermediate_size)
+        w.add_head_count(n_head)
+        w.add_head_count_kv(n_kv)
+        w.add_rope_dimension_count(head_dim)
+        w.add_rope_freq_base(float(rope))
+        w.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
+        w.add_vocab_size(cfg.vocab_size)
+        w.add_file_type(getattr(gguf.LlamaFileType, "ALL_F32" if ftype == "f32" else f"MOSTLY_{ftype.upper()}"))
+        w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        tf = tokenizer_fields(tokenizer, cfg.vocab_size)
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre(tf["pre"])
+        w.add_token_list(tf["tokens"])
+        w.add_token_types(tf["types"])
+        if tf["merges"]:
+            w.add_token_merges(tf["merges"])
+        for key, tid in (("bos", tokenizer.bos_token_id), ("eos", tokenizer.eos_token_id),
+                         ("pad", tokenizer.pad_token_id), ("unk", tokenizer.unk_token_id)):
+            if tid is not None:
+                getattr(w, f"add_{key}_token_id")(int(tid))
+        w.add_add_bos_token(bool(getattr(tokenizer, "add_bos_token", False)))
+        if getattr(tokenizer, "chat_template", None):
+            w.add_chat_template(tokenizer.chat_template)
 
-    tied = bool(getattr(cfg, "tie_word_embeddings", False))
-    for hf_name, p in model.state_dict().items():
-        if hf_name == "lm_head.weight" and tied:
-            continue
-        gname = gguf_name(hf_name)
-        a = p.detach().float().cpu().numpy()
-        if gname.endswith(("attn_q.weight", "attn_k.weight")):
-            a = _permute(a, n_head if "attn_q" in gname else n_kv)
-        kind = "f32" if a.ndim == 1 else (embed_type if gname.startswith(("token_embd", "output.")) else ftype)
-        if kind.startswith("q") and a.shape[-1] % BLOCK:
-            kind = "f16"  # the converter's fallback for rows that are not whole blocks
-        if kind == "f32":
-            w.add_tensor(gname, np.ascontiguousarray(a, dtype=np.float32))
-        elif kind == "f16":
-            w.add_tensor(gname, a.astype(np.float16))
-        else:
-            w.add_tensor(gname, GGUFQuantizer(kind).pack(torch.from_numpy(np.ascontiguousarray(a))),
-                         raw_dtype=_q_type(kind))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    os.replace(tmp, path)
+        tied = bool(getattr(cfg, "tie_word_embeddings", False))
+        for hf_name, p in model.state_dict().items():
+            if hf_name == "lm_head.weight" and tied:
+                continue
+            gname = gguf_name(hf_name)
+            a = p.detach().float().cpu().numpy()
+            if gname.endswith(("attn_q.weight", "attn_k.weight")):
+                a = _permute(a, n_head if "attn_q" in gname else n_kv)
+            kind = "f32" if a.ndim == 1 else (embed_type if gname.startswith(("token_embd", "output.")) else ftype)
+            if kind.startswith("q") and a.shape[-1] % BLOCK:
+                kind = "f16"  # the converter's fallback for rows that are not whole blocks
+            if kind == "f32":
+                w.add_tensor(gname, np.ascontiguousarray(a, dtype=np.float32))
+            elif kind == "f16":
+                w.add_tensor(gname, a.astype(np.float16))
+            else:
+                w.add_tensor(gname, GGUFQuantizer(kind).pack(torch.from_numpy(np.ascontiguousarray(a))),
+                             raw_dtype=_q_type(kind))
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
