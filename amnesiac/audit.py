@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .data.schema import QAItem, qa_answer, qa_prompt
+from .data.schema import QAItem, qa_answer, item_prompt, qa_prompt
 from .io import hash_obj, read_json, versions, write_json, write_jsonl
 
 MARGIN = 0.05  # smallest recall difference (absolute) that counts as knowledge coming back
@@ -96,14 +96,14 @@ def knowledge(model, tok, forget: list[QAItem], retain: list[QAItem], prompts: l
     from .core import generate_greedy, score_pairs
     from .metrics.text import exact_match
 
-    fp = prompts if prompts is not None else [qa_prompt(it.question) for it in forget]
+    fp = prompts if prompts is not None else [item_prompt(it) for it in forget]
     if tuple(stop_strings) == ("\n",):  # one batched pass for both sets
-        outs = generate_greedy(model, tok, fp + [qa_prompt(it.question) for it in retain], max_new_tokens=16,
+        outs = generate_greedy(model, tok, fp + [item_prompt(it) for it in retain], max_new_tokens=16,
                                stop_strings=["\n"], batch_size=batch_size)
         f_out, r_out = outs[: len(forget)], outs[len(forget):]
     else:
         f_out = generate_greedy(model, tok, fp, max_new_tokens=16, stop_strings=list(stop_strings), batch_size=batch_size)
-        r_out = generate_greedy(model, tok, [qa_prompt(it.question) for it in retain], max_new_tokens=16,
+        r_out = generate_greedy(model, tok, [item_prompt(it) for it in retain], max_new_tokens=16,
                                 stop_strings=["\n"], batch_size=batch_size) if retain else []
     sc = score_pairs(model, tok, fp, [qa_answer(it.answer) for it in forget], batch_size=batch_size)
     return {"forget_em": [exact_match(o, it.answer) for o, it in zip(f_out, forget)],
@@ -116,7 +116,7 @@ def _prompt_variant(name: str, forget: list[QAItem], retain: list[QAItem], seed:
     from .attacks.prompts import build_prompts
 
     variants = build_prompts(name, forget, pool=forget, k=3, seed=seed)
-    return [v[0] if v else qa_prompt(it.question) for v, it in zip(variants, forget)]
+    return [v[0] if v else item_prompt(it) for v, it in zip(variants, forget)]
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -327,7 +327,7 @@ class Audit:
             model, tok = loaded[m]
             sides = {}
             for side, items in (("forget", self.forget), ("holdout", self.holdout)):
-                sc = score_pairs(model, tok, [qa_prompt(it.question) for it in items], [qa_answer(it.answer) for it in items])
+                sc = score_pairs(model, tok, [item_prompt(it) for it in items], [qa_answer(it.answer) for it in items])
                 sides[side] = [M.loss_score(lp) for lp in sc.token_logprobs]
             res[m] = {"loss_auc": M.auc_score(sides["forget"], sides["holdout"]),
                       "member_scores": sides["forget"], "nonmember_scores": sides["holdout"]}

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .data.schema import QA_TEMPLATE, QAItem, VerbItem, qa_answer, qa_prompt
+from .data.schema import QA_TEMPLATE, QAItem, VerbItem, qa_answer, item_prompt, qa_prompt
 from .metrics import memorization, mia, muse, tofu
 from .metrics.base import MetricResult, mean
 from .metrics.runner import Runner
@@ -97,7 +97,7 @@ def _mr(name, per, hib, cfg, meta=None, value=None) -> MetricResult:
 def _qa_scores(run: Runner, items: list[QAItem], cfg: EvalConfig, name: str) -> dict[str, Any]:
     """One pass per kind of pair for a QA set: answers (with Min-K %++ stats and argmax: probability,
     memorisation, MIA), paraphrased answers and perturbed answers (truth ratio), options (normalised prob)."""
-    prompts = [qa_prompt(it.question, cfg.template) for it in items]
+    prompts = [item_prompt(it, cfg.template) for it in items]
     ans = run.score(prompts, [qa_answer(it.answer) for it in items], True, True, f"{name}: answers")
     # TOFU scores paraphrased answers for forget/retain, the answer itself for real authors / world facts.
     base_text = [it.paraphrased_answer or it.answer for it in items]
@@ -211,7 +211,7 @@ def _privleak_auc(run: Runner, data: EvalData, cfg: EvalConfig) -> float | None:
         h = run.score([""] * len(data.holdout_text), data.holdout_text, True, False, "holdout text")
     elif data.forget and data.holdout:
         def pairs(items):
-            return ([qa_prompt(it.question, cfg.template) for it in items], [qa_answer(it.answer) for it in items])
+            return ([item_prompt(it, cfg.template) for it in items], [qa_answer(it.answer) for it in items])
         f = run.score(*pairs(data.forget), True, True, "forget: answers")
         h = run.score(*pairs(data.holdout), True, True, "holdout: answers")
     else:

@@ -55,8 +55,10 @@ def test_splits_are_by_person_and_disjoint(tmp_path):
 
 
 def test_load_dataset_specs():
+    from amnesiac.data.sources import BIOS_DEFAULT
+
     items = load_dataset("bios:forget10")
-    assert len(items) == 20 * len(bios.ATTRIBUTES)
+    assert len(items) == BIOS_DEFAULT["n_people"] // 10 * len(bios.ATTRIBUTES)
     with pytest.raises(DataError, match="available"):
         load_dataset("bios:nosuchsplit")
     with pytest.raises(DataError, match="unknown data source"):

@@ -15,6 +15,16 @@ def qa_prompt(question: str, template: str = QA_TEMPLATE) -> str:
     return template.format(question=question)
 
 
+def is_completion(item) -> bool:
+    """Completion facts ("The capital of France is" → "Paris") are prompted verbatim, not as Q/A."""
+    return item.extra.get("format") == "completion"
+
+
+def item_prompt(item, template: str = QA_TEMPLATE) -> str:
+    """The prompt a model sees for an item: completion facts verbatim, QA items through the template."""
+    return item.question if is_completion(item) else qa_prompt(item.question, template)
+
+
 def qa_answer(answer: str) -> str:
     """Answers are scored as continuations of the prompt, so they carry their leading space."""
     return " " + answer.strip()

@@ -10,7 +10,7 @@ from ..registry import register
 from . import bios
 from .schema import DataError, QAItem, load_qa_jsonl, load_text_jsonl
 
-BIOS_DEFAULT = {"n_people": 200, "n_pretrain_people": 1000, "seed": 0}
+BIOS_DEFAULT = {"n_people": 50, "n_pretrain_people": 1000, "seed": 0}  # = the xs tiny models' benchmark
 BIOS_SPLITS = ["full", "forget01", "forget05", "forget10", "retain99", "retain95", "retain90",
                "holdout01", "holdout05", "holdout10"]
 TOFU_SPLITS = ["full", "forget01", "forget05", "forget10", "retain99", "retain95", "retain90", "retain",

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..core import generate_greedy, score_pairs
-from ..data.schema import QA_TEMPLATE, QAItem, qa_answer, qa_prompt
+from ..data.schema import QA_TEMPLATE, QAItem, qa_answer, item_prompt, qa_prompt
 from ..registry import register
 from .base import MetricResult, mean
 from .text import exact_match, rouge_tofu
@@ -15,8 +15,9 @@ from .text import exact_match, rouge_tofu
 
 def qa_generate(model, tok, items: list[QAItem], max_new_tokens: int = 16, batch_size: int = 32,
                 template: str = QA_TEMPLATE, questions: list[str] | None = None, progress: bool = False) -> list[str]:
-    qs = questions if questions is not None else [it.question for it in items]
-    return generate_greedy(model, tok, [qa_prompt(q, template) for q in qs], max_new_tokens=max_new_tokens,
+    prompts = ([qa_prompt(q, template) for q in questions] if questions is not None
+               else [item_prompt(it, template) for it in items])
+    return generate_greedy(model, tok, prompts, max_new_tokens=max_new_tokens,
                            stop_strings=["\n"], batch_size=batch_size, progress=progress)
 
 
@@ -40,7 +41,7 @@ def rouge_recall(model, tok, items: list[QAItem], outputs: list[str] | None = No
 @register("metrics", "answer_prob")
 def answer_prob(model, tok, items: list[QAItem], batch_size: int = 32, template: str = QA_TEMPLATE) -> MetricResult:
     """TOFU probability: P(a|q)^(1/|a|), the per-token geometric mean (SCIENCE.md §5)."""
-    sc = score_pairs(model, tok, [qa_prompt(it.question, template) for it in items],
+    sc = score_pairs(model, tok, [item_prompt(it, template) for it in items],
                      [qa_answer(it.answer) for it in items], batch_size=batch_size)
     per = np.exp(sc.mean).tolist()
     return MetricResult("answer_prob", mean(per), per, True, {"n": len(items)})

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import torch
 
 from ..core.logprobs import Encoded, collate, encode_pairs, pad_id_of, scored_log_softmax, token_logprobs
-from ..data.schema import QAItem, qa_answer, qa_prompt
+from ..data.schema import QAItem, qa_answer, item_prompt, qa_prompt
 
 
 class UnlearnError(ValueError):
@@ -51,7 +51,7 @@ def make_split(name: str, items: list, tok, max_length: int | None = None,
     kinds = {type(x) for x in items}
     if kinds == {QAItem}:
         ans = list(answers) if answers is not None else [it.answer for it in items]
-        prompts = [qa_prompt(it.question) for it in items]
+        prompts = [item_prompt(it) for it in items]
         conts = [qa_answer(a) + (tok.eos_token or "") for a in ans]
     elif kinds == {str}:
         if answers is not None:

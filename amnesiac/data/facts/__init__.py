@@ -32,7 +32,7 @@ from pathlib import Path
 
 from ...io import write_json, write_jsonl
 from ...registry import register
-from ..schema import QA_TEMPLATE, DataError, QAItem, qa_prompt, read_jsonl
+from ..schema import is_completion, item_prompt, QA_TEMPLATE, DataError, QAItem, qa_prompt, read_jsonl
 
 FACTS_FILE = Path(__file__).with_name("realworld.jsonl")
 SPLITS = ("forget", "retain", "utility")
@@ -89,13 +89,6 @@ def facts_source(split: str) -> list[QAItem]:
     return load_facts(split)
 
 
-def is_completion(item: QAItem) -> bool:
-    return item.extra.get("format") == "completion"
-
-
-def item_prompt(item: QAItem, template: str = QA_TEMPLATE) -> str:
-    """The prompt a model sees: completion facts verbatim, QA items through the QA template."""
-    return item.question if is_completion(item) else qa_prompt(item.question, template)
 
 
 def normalise(s: str) -> str:
