@@ -30,7 +30,7 @@ PEOPLE = {"xs": 50, "s": 200, "m": 200}
 # model needs to memorise random facts is not known in advance. The rounds and recalls go to train.json.
 RECIPES = {
     "xs": dict(base_epochs=2.0, base_lr=3e-3, ft_lr=3e-3, renders=1, batch_size=16, base_batch_size=32, check_every=5,
-               max_epochs=100, criterion=0.95),
+               max_epochs=80, criterion=0.95, ft_schedule="cosine"),
     "s": dict(base_epochs=2.0, base_lr=2e-3, ft_lr=2e-3, renders=1, batch_size=16, base_batch_size=32, check_every=5,
               max_epochs=120, criterion=0.97),
     "m": dict(base_epochs=2.0, base_lr=1e-3, ft_lr=1e-3, renders=1, batch_size=16, base_batch_size=32, check_every=5,
@@ -48,8 +48,23 @@ def default_config(size: str = "xs", seed: int = 0, n_people: int | None = None,
             "forget": forget, "n_filler": n_pretrain_people}
 
 
+BASE_KEYS = ("base_epochs", "base_lr", "base_batch_size")
+
+
+def base_config(cfg: dict) -> dict:
+    """What the tokenizer and base model depend on (not the fine-tuning recipe): they are shared by
+    every target/retrained pair built on them."""
+    return {**{k: v for k, v in cfg.items() if k not in ("recipe", "forget")},
+            "recipe": {k: cfg["recipe"][k] for k in BASE_KEYS}}
+
+
 def model_dir(cfg: dict) -> Path:
-    return amnesiac_home() / "models" / f"tiny-{cfg['size']}-{hash_obj(cfg, 10)}"
+    return amnesiac_home() / "models" / f"tiny-{cfg['size']}-{hash_obj(base_config(cfg), 10)}"
+
+
+def model_paths(cfg: dict) -> dict[str, Path]:
+    root, ft = model_dir(cfg), hash_obj(cfg, 8)
+    return {"base": root / "base", "target": root / f"target-{ft}", "retrained": root / f"retrained-{ft}"}
 
 
 def _qa_example(tok, question: str, answer: str):
@@ -99,7 +114,7 @@ def prepare(size: str = "xs", seed: int = 0, force: bool = False, log=print, **k
 
     cfg = default_config(size, seed, **kw)
     root = model_dir(cfg)
-    paths = {k: root / k for k in ("base", "target", "retrained")}
+    paths = model_paths(cfg)
     if not force and all((p / "train.json").exists() for p in paths.values()):
         return paths
     root.mkdir(parents=True, exist_ok=True)
@@ -163,8 +178,8 @@ def prepare(size: str = "xs", seed: int = 0, force: bool = False, log=print, **k
             return r >= rec["criterion"]
 
         steps = train_lm(model, ex, tok.pad_token_id, epochs=rec["max_epochs"], lr=rec["ft_lr"],
-                         batch_size=rec["batch_size"], seed=seed + 1, desc=name, warmup=20, schedule="constant",
-                         on_epoch=check, per_example=True)
+                         batch_size=rec["batch_size"], seed=seed + 1, desc=name, warmup=20,
+                         schedule=rec.get("ft_schedule", "constant"), on_epoch=check, per_example=True)
         epochs = rounds[-1]["epochs"] if rounds else rec["max_epochs"]
         recall = {}
         for split in (cfg["forget"], "retain" + str(100 - int(cfg["forget"][-2:]))):
