@@ -31,6 +31,12 @@ def _cache_kwarg(model) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
+def _cache_of(out):
+    """The KV cache of a forward output (`cache` in transformers ≥ 5.2x, `past_key_values` before)."""
+    c = out.get("cache") if hasattr(out, "get") else None
+    return c if c is not None else out.past_key_values
+
+
 @torch.no_grad()
 def generate_greedy(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 32,
                     stop_strings: Sequence[str] = (), batch_size: int = 32, add_bos: bool = True,
@@ -75,7 +81,7 @@ def generate_greedy(model, tokenizer, prompts: Sequence[str], max_new_tokens: in
             gen = torch.empty((B, 0), dtype=torch.long, device=dev)
             done = torch.zeros(B, dtype=torch.bool, device=dev)
             out = model(input_ids=ids, attention_mask=am, position_ids=pos, use_cache=True)
-            past = out.past_key_values
+            past = _cache_of(out)
             for step in range(max_new_tokens):
                 nxt = out.logits[:, -1].argmax(-1)
                 nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
@@ -92,7 +98,7 @@ def generate_greedy(model, tokenizer, prompts: Sequence[str], max_new_tokens: in
                 pos = pos[:, -1:] + 1
                 out = model(input_ids=nxt[:, None], attention_mask=am, position_ids=pos,
                             use_cache=True, **{cache_kw: past})
-                past = out.past_key_values
+                past = _cache_of(out)
             for j, i in enumerate(idx):
                 g = gen[j].tolist()
                 if eos is not None and eos in g:

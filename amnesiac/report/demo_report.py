@@ -7,6 +7,7 @@ from . import plots
 from .render import Section, write_report
 
 COLS = ["fp", "8bit", "4bit", "3bit", "4bit_foreign"]
+SHORT = {"fp": "fp", "8bit": "8b", "4bit": "4b", "3bit": "3b", "4bit_foreign": "4b*"}
 
 
 def _f(x, nd=2) -> str:
@@ -17,7 +18,7 @@ def table_rows(summary: dict, scenario: str) -> list[list[str]]:
     """Header + one row per method: forget/retain recall per precision, then 4-bit diagnostics."""
     rows = [r for r in summary["rows"] if r["scenario"] == scenario]
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    head = ["method"] + [f"{c} F/R" for c in COLS] + ["codes unchanged @4b", "drift kept @4b", "|Δw|/step @4b"]
+    head = ["method"] + [f"{SHORT[c]} F/R" for c in COLS] + ["codes kept 4b", "drift kept 4b", "|Δw|/Δ 4b"]
     out = [head]
     for m in methods:
         by = {r["precision"]: r for r in rows if r["method"] == m}
@@ -37,8 +38,8 @@ def print_table(summary: dict, console=None) -> None:
     for sc in summary["config"]["scenarios"]:
         rows = table_rows(summary, sc)
         t = Table(title=f"scenario: {sc}  (forget recall / retain recall, exact match)")
-        for c in rows[0]:
-            t.add_column(c)
+        for i, c in enumerate(rows[0]):
+            t.add_column(c, no_wrap=True) if i <= len(COLS) else t.add_column(c)
         for r in rows[1:]:
             t.add_row(*r)
         console.print(t)

@@ -1,0 +1,48 @@
+"""Demo verdict rule and table on constructed per-item results (the full demo is run by `make demo`)."""
+import numpy as np
+
+from amnesiac.demo import PRECISIONS, DemoConfig, demo_verdicts
+from amnesiac.report.demo_report import table_rows
+
+
+def _k(forget):
+    return {"forget_em": list(map(float, forget)), "retain_em": [1.0] * 10, "forget_prob": [0.5] * len(forget)}
+
+
+def _raw(u_by_precision, r=0.05, n=40):
+    ref = np.r_[np.ones(int(r * n)), np.zeros(n - int(r * n))]
+    raw = {}
+    for sc in ("trained", "released-quantized"):
+        raw[(sc, "retrained")] = {"precisions": {p: _k(ref) for p in PRECISIONS}}
+        raw[(sc, "target")] = {"precisions": {p: _k(np.ones(n)) for p in PRECISIONS}}
+        u = u_by_precision[sc]
+        raw[(sc, "NPO_KLR")] = {"precisions": {p: _k(np.r_[np.ones(int(u[p] * n)), np.zeros(n - int(u[p] * n))])
+                                              for p in PRECISIONS}}
+    return raw
+
+
+def test_demo_verdict_names_the_scenario_where_knowledge_returns():
+    flat = {p: 0.2 for p in PRECISIONS}
+    back = {**flat, "4bit": 0.95}
+    v = demo_verdicts([], _raw({"trained": flat, "released-quantized": back}), DemoConfig(n_boot=300))
+    assert v["trained"]["verdict"] == "PASS"
+    assert v["released-quantized"]["verdict"] == "FAIL"
+    assert v["released-quantized"]["precision"] == "4bit" and v["released-quantized"]["method"] == "NPO_KLR"
+    assert "released-quantized" in v["released-quantized"]["reason"]
+
+
+def test_demo_verdict_ignores_a_model_that_never_unlearned():
+    # forget recall high at every precision: not unlearned, but nothing *comes back* under quantization
+    high = {p: 0.9 for p in PRECISIONS}
+    v = demo_verdicts([], _raw({"trained": high, "released-quantized": high}), DemoConfig(n_boot=300))
+    assert v["trained"]["verdict"] == "PASS"
+
+
+def test_table_rows_layout():
+    rows = [{"scenario": "trained", "method": m, "precision": p, "forget_recall": 0.5, "retain_recall": 1.0,
+             "collapse_rate": 0.97 if p == "4bit" else None, "drift_kept": 0.9 if p == "4bit" else None,
+             "mean_abs_dw_over_4bit_step": 0.05 if p == "4bit" else None}
+            for m in ("target", "GA_GDR") for p in PRECISIONS]
+    t = table_rows({"rows": rows}, "trained")
+    assert t[0][0] == "method" and [r[0] for r in t[1:]] == ["target", "GA_GDR"]
+    assert t[0][1] == "fp F/R" and t[1][1] == "0.50 / 1.00" and t[1][-3] == "97.0%"
