@@ -46,7 +46,8 @@ def tofu_dir() -> Path:
     if env:
         return Path(env)
     here = Path.cwd().resolve()
-    for base in [here, *here.parents]:
+    repo = Path(__file__).resolve().parents[2]  # a source checkout: shared/ lies beside the repository
+    for base in [here, *here.parents, repo, *repo.parents]:
         for cand in (base / "shared" / "data" / "tofu", base / "data" / "tofu"):
             if (cand / "full.jsonl").exists():
                 return cand
