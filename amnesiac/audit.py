@@ -202,6 +202,9 @@ class Audit:
     config: AuditConfig = field(default_factory=AuditConfig)
     log: Any = print
 
+    def __post_init__(self):
+        self.out = Path(self.out)
+
     def _cache(self, model: str, attack: str) -> Path:
         return self.out / "cache" / f"{model}__{attack}.json"
 

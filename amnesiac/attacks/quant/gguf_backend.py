@@ -184,7 +184,7 @@ class GGUFQuantizer:
 
     def native(self, model):
         """GGUF's own runtime is llama.cpp, not a torch module; refuse rather than pretend."""
-        raise NotImplementedError(
+        raise RuntimeError(
             "GGUF formats have no in-torch native runtime: native=False already computes with exactly the "
             "weights a .gguf file holds (gguf's own dequantize). To run llama.cpp itself, write the file with "
             "amnesiac.models.gguf_io.write_gguf and load it with llama-cpp-python (no PyPI wheel for Linux; "
