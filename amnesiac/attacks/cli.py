@@ -65,6 +65,8 @@ def collapse_cmd(target: Path = typer.Option(..., "--target", help="model before
                  bits: int = typer.Option(4), group: Optional[int] = typer.Option(None),
                  scheme: str = typer.Option("sym"), embeddings: bool = typer.Option(False),
                  lm_head: bool = typer.Option(False, "--lm-head"),
+                 backend: str = typer.Option("rtn", help="quantizer with integer codes: rtn | gguf"),
+                 kind: Optional[str] = typer.Option(None, help="gguf format (q4_0, q4_1, q5_0, q5_1, q8_0)"),
                  out: Optional[Path] = typer.Option(None, help="JSON file (or folder) for the full report"),
                  layers: int = typer.Option(12, help="per-layer rows to print (lowest collapse rate first)")):
     """Collapse diagnostic (SCIENCE.md §1b): collapse rate, drift kept, |Δw|/Δ and the target's grid offset."""
@@ -75,8 +77,13 @@ def collapse_cmd(target: Path = typer.Option(..., "--target", help="model before
 
     t, _ = load_model(target, device="cpu")
     u, _ = load_model(unlearned, device="cpu")
+    q = None
+    if backend != "rtn":  # e.g. the release format of a GGUF model: --backend gguf --kind q4_1
+        from .quant.backends import get_quantizer
+
+        q = get_quantizer(backend, bits=bits, group=group, scheme=scheme, **({"kind": kind} if kind else {}))
     rec = collapse_attack(u, None, target=t, bits=bits, group=group, scheme=scheme, embeddings=embeddings,
-                          lm_head=lm_head).record
+                          lm_head=lm_head, quantizer=q).record
     rec.update(target=str(target), unlearned=str(unlearned))
     _write(out, rec)
     tab = Table(title=f"collapse under {rec['quantizer']['name']}")
