@@ -46,3 +46,21 @@ def test_table_rows_layout():
     t = table_rows({"rows": rows}, "trained")
     assert t[0][0] == "method" and [r[0] for r in t[1:]] == ["target", "GA_GDR"]
     assert t[0][1] == "fp F/R" and t[1][1] == "0.50 / 1.00" and t[1][-3] == "97.0%"
+
+
+def test_sweep_runs_caches_and_plots(trained_tiny, tok, qa_people, tmp_path):
+    import copy
+
+    from amnesiac.models import save_model
+    from amnesiac.sweep import SweepConfig, run_sweep
+
+    t = save_model(copy.deepcopy(trained_tiny), tok, tmp_path / "target")
+    cfg = SweepConfig(method="ga_gdr", lrs=[1e-5, 1e-2], bits=[16, 4], max_steps=4, batch_size=4)
+    s = run_sweep(t, qa_people["forget"], qa_people["retain"][:30], tmp_path / "sw", cfg, log=lambda *_: None)
+    by = {(r["lr"], r["bits"]): r for r in s["rows"]}
+    assert set(by) == {(1e-5, 16), (1e-5, 4), (1e-2, 16), (1e-2, 4)}
+    # a 1000x larger lr moves more weights across 4-bit rounding boundaries
+    assert by[(1e-2, 4)]["collapse_rate_4bit"] < by[(1e-5, 4)]["collapse_rate_4bit"] <= 1.0
+    assert (tmp_path / "sw" / "sweep.html").exists()
+    s2 = run_sweep(t, qa_people["forget"], qa_people["retain"][:30], tmp_path / "sw", cfg, log=lambda *_: None)
+    assert [r["forget_recall"] for r in s2["rows"]] == [r["forget_recall"] for r in s["rows"]]

@@ -39,6 +39,31 @@ def register(app: typer.Typer) -> None:
         print_audit(summary, Console())
         Console().print(f"wrote {out / 'summary.json'}, {paths['md']}, {paths['html']}")
 
+    @app.command("sweep")
+    def sweep_cmd(target: Path = typer.Option(..., help="model to unlearn (e.g. the prepared tiny target)"),
+                  forget: str = typer.Option(..., help="forget set (bios:forget10, tofu:forget10, .jsonl)"),
+                  retain: str = typer.Option(..., help="retain set"),
+                  method: str = typer.Option("npo_klr"),
+                  lr: str = typer.Option("1e-6,3e-6,1e-5,3e-5,1e-4", help="comma-separated learning rates"),
+                  bits: str = typer.Option("16,8,4,3", help="comma-separated bit widths (16 = full precision)"),
+                  sure: Optional[float] = typer.Option(None, help="SURE percentile (e.g. 90) for every run"),
+                  max_steps: int = typer.Option(60, help="optimizer steps per run (no early stop: a fixed budget)"),
+                  out: Path = typer.Option(Path("sweep"), help="output folder (runs cached per lr)")):
+        """The paper's learning-rate figure: forget/retain recall vs lr at each precision, collapse rate vs lr."""
+        from rich.console import Console
+
+        from ..data import load_dataset
+        from ..sweep import SweepConfig, run_sweep
+
+        cfg = SweepConfig(method=method, lrs=[float(x) for x in lr.split(",")], bits=[int(b) for b in bits.split(",")],
+                          sure_percentile=sure, max_steps=max_steps)
+        c = Console()
+        s = run_sweep(target, load_dataset(forget), load_dataset(retain), out, cfg, log=c.print)
+        for r in s["rows"]:
+            c.print(f"lr {r['lr']:g}  {r['bits']:>2}-bit  forget {r['forget_recall']:.2f}  retain {r['retain_recall']:.2f}  "
+                    f"codes unchanged@4b {100 * r['collapse_rate_4bit']:.1f}%")
+        c.print(f"wrote {out}/summary.json, {out}/sweep.md, {out}/sweep.html ({s['wall_s']} s)")
+
     @app.command("demo")
     def demo_cmd(size: str = typer.Option("xs", help="tiny model preset xs | s | m"),
                  seed: int = typer.Option(0), out: Path = typer.Option(Path("demo"), help="output folder"),

@@ -1,0 +1,111 @@
+"""`amnesiac sweep`: the paper's learning-rate figure (SCIENCE.md §1).
+
+Unlearns one target at each learning rate (fixed step budget, no early stop, cached per lr), evaluates
+each unlearned model at each precision, and draws forget and retain recall vs lr (one line per precision)
+plus the collapse rate at 4 bits vs lr. Small lr ⇒ small update that quantization may undo; large lr ⇒
+update survives quantization but costs retain; SURE is meant to get both — or the plot shows it does not.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .audit import knowledge
+from .io import hash_obj, read_json, versions, write_json
+
+BITS = {16: None, 8: dict(backend="rtn", bits=8, group=None, scheme="sym"),
+        4: dict(backend="rtn", bits=4, group=64, scheme="sym"), 3: dict(backend="rtn", bits=3, group=64, scheme="sym"),
+        2: dict(backend="rtn", bits=2, group=64, scheme="sym")}
+
+
+@dataclass
+class SweepConfig:
+    method: str = "npo_klr"
+    lrs: list[float] = field(default_factory=lambda: [1e-6, 3e-6, 1e-5, 3e-5, 1e-4])
+    bits: list[int] = field(default_factory=lambda: [16, 8, 4, 3])
+    sure_percentile: float | None = None
+    max_steps: int = 60
+    batch_size: int = 8
+    seed: int = 0
+
+    def check(self) -> None:
+        bad = [b for b in self.bits if b not in BITS]
+        if bad:
+            raise ValueError(f"unsupported bit widths {bad}; available: {sorted(BITS)} (16 = full precision)")
+        if not self.lrs or any(lr <= 0 for lr in self.lrs):
+            raise ValueError("learning rates must be positive and at least one must be given")
+
+
+def run_sweep(target: str | Path, forget, retain, out: str | Path, cfg: SweepConfig | None = None,
+              log=print) -> dict:
+    from .attacks.collapse import collapse_diagnostics
+    from .attacks.quant.apply import quantize_model
+    from .attacks.quant.backends import get_quantizer
+    from .models import load_model
+    from .unlearn import unlearn
+
+    cfg = cfg or SweepConfig()
+    cfg.check()
+    if not forget:
+        raise ValueError("the forget set is empty")
+    out, target = Path(out), Path(target)
+    t0 = time.time()
+    tmodel, tok = load_model(target, device="cpu")
+    q4 = get_quantizer(**BITS[4])
+    rows = []
+    for lr in cfg.lrs:
+        opts = dict(method=cfg.method, lr=lr, max_steps=cfg.max_steps, schedule="constant",
+                    batch_size=cfg.batch_size, seed=cfg.seed, progress=False)
+        if cfg.sure_percentile is not None:
+            opts["sure_percentile"] = cfg.sure_percentile
+        udir = out / "models" / f"lr{lr:g}-{hash_obj({'t': str(target), **opts}, 8)}"
+        if not (udir / "unlearn.json").exists():
+            log(f"[sweep] {cfg.method} at lr {lr:g}")
+            unlearn(str(target), forget, retain, out=udir, overwrite=True, **opts)
+        cp = udir / "sweep_eval.json"
+        key = hash_obj({"bits": cfg.bits, "n_f": len(forget), "n_r": len(retain)})
+        ev = read_json(cp) if cp.exists() else None
+        if ev is None or ev.get("key") != key:
+            model, _ = load_model(udir, device="cpu")
+            ev = {"key": key, "bits": {}}
+            for b in cfg.bits:
+                m = model if BITS[b] is None else quantize_model(model, get_quantizer(**BITS[b]))[0]
+                k = knowledge(m, tok, forget, retain)
+                ev["bits"][str(b)] = {"forget_recall": float(np.mean(k["forget_em"])),
+                                      "retain_recall": float(np.mean(k["retain_em"]))}
+            d = collapse_diagnostics(tmodel, model, q4)["overall"]
+            ev["collapse_rate_4bit"], ev["drift_kept_4bit"] = d["collapse_rate"], d.get("drift_kept")
+            write_json(cp, ev)
+        for b, v in ev["bits"].items():
+            rows.append({"lr": lr, "bits": int(b), **v, "collapse_rate_4bit": ev["collapse_rate_4bit"],
+                         "drift_kept_4bit": ev["drift_kept_4bit"], "model": str(udir)})
+    summary = {"schema": "amnesiac.sweep/1", "config": cfg.__dict__, "target": str(target), "rows": rows,
+               "versions": versions(), "wall_s": round(time.time() - t0, 1)}
+    write_json(out / "summary.json", summary)
+    _plots(summary, out)
+    return summary
+
+
+def _plots(summary: dict, out: Path) -> None:
+    from .report import Section, plots, write_report
+
+    rows = summary["rows"]
+    series_f: dict[str, list] = {}
+    series_r: dict[str, list] = {}
+    for r in rows:
+        name = "full precision" if r["bits"] == 16 else f"{r['bits']}-bit"
+        series_f.setdefault(name, []).append((r["lr"], r["forget_recall"]))
+        series_r.setdefault(name, []).append((r["lr"], r["retain_recall"]))
+    coll = {"collapse rate (4-bit)": sorted({(r["lr"], r["collapse_rate_4bit"]) for r in rows})}
+    m = summary["config"]["method"]
+    imgs = [(f"{m}: forget recall vs lr", plots.lines_by_x(series_f, "learning rate", "forget recall", f"{m}: forget", logx=True)),
+            (f"{m}: retain recall vs lr", plots.lines_by_x(series_r, "learning rate", "retain recall", f"{m}: retain", logx=True)),
+            (f"{m}: 4-bit codes unchanged vs lr", plots.lines_by_x(coll, "learning rate", "collapse rate", "collapse rate", logx=True))]
+    table = [["lr", "bits", "forget recall", "retain recall", "codes unchanged 4b", "drift kept 4b"]]
+    table += [[f"{r['lr']:g}", str(r["bits"]), f"{r['forget_recall']:.2f}", f"{r['retain_recall']:.2f}",
+               f"{100 * r['collapse_rate_4bit']:.1f}%", "-" if r["drift_kept_4bit"] is None else f"{r['drift_kept_4bit']:.2f}"]
+              for r in rows]
+    write_report(out, f"amnesiac sweep: {m}", [Section("Learning-rate sweep", "", table, imgs)], stem="sweep")
