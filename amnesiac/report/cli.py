@@ -40,9 +40,10 @@ def register(app: typer.Typer) -> None:
         Console().print(f"wrote {out / 'summary.json'}, {paths['md']}, {paths['html']}")
 
     @app.command("sweep")
-    def sweep_cmd(target: Path = typer.Option(..., help="model to unlearn (e.g. the prepared tiny target)"),
-                  forget: str = typer.Option(..., help="forget set (bios:forget10, tofu:forget10, .jsonl)"),
-                  retain: str = typer.Option(..., help="retain set"),
+    def sweep_cmd(target: Optional[Path] = typer.Option(None, help="model to unlearn (default: the prepared tiny target of --scenario)"),
+                  scenario: str = typer.Option("trained", help="with no --target: trained | released-quantized tiny target"),
+                  forget: str = typer.Option("bios:forget10", help="forget set (bios:forget10, tofu:forget10, .jsonl)"),
+                  retain: str = typer.Option("bios:retain90", help="retain set"),
                   method: str = typer.Option("npo_klr"),
                   lr: str = typer.Option("1e-6,3e-6,1e-5,3e-5,1e-4", help="comma-separated learning rates"),
                   bits: str = typer.Option("16,8,4,3", help="comma-separated bit widths (16 = full precision)"),
@@ -55,9 +56,14 @@ def register(app: typer.Typer) -> None:
         from ..data import load_dataset
         from ..sweep import SweepConfig, run_sweep
 
+        c = Console()
+        if target is None:
+            from ..demo import scenario_models
+            from ..models import tiny
+
+            target = scenario_models(tiny.prepare("xs", 0, log=c.print), scenario, c.print)["target"]
         cfg = SweepConfig(method=method, lrs=[float(x) for x in lr.split(",")], bits=[int(b) for b in bits.split(",")],
                           sure_percentile=sure, max_steps=max_steps)
-        c = Console()
         s = run_sweep(target, load_dataset(forget), load_dataset(retain), out, cfg, log=c.print)
         for r in s["rows"]:
             c.print(f"lr {r['lr']:g}  {r['bits']:>2}-bit  forget {r['forget_recall']:.2f}  retain {r['retain_recall']:.2f}  "
