@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .data.schema import QAItem, qa_answer, item_prompt, qa_prompt
+from .data.schema import QAItem, item_prompt, qa_answer
 from .io import hash_obj, read_json, versions, write_json, write_jsonl
 
 MARGIN = 0.05  # smallest recall difference (absolute) that counts as knowledge coming back
@@ -109,6 +109,18 @@ def knowledge(model, tok, forget: list[QAItem], retain: list[QAItem], prompts: l
     return {"forget_em": [exact_match(o, it.answer) for o, it in zip(f_out, forget)],
             "retain_em": [exact_match(o, it.answer) for o, it in zip(r_out, retain)],
             "forget_prob": np.exp(sc.mean).round(6).tolist(), "forget_outputs": f_out}
+
+
+def knowledge_at(model, tok, forget: list[QAItem], retain: list[QAItem], qcfg: dict | None,
+                 batch_size: int = 64) -> dict[str, list[float]]:
+    """knowledge() of the model as deployed with quantizer config `qcfg` (get_quantizer kwargs; None = full
+    precision). The one place audit, demo and sweep quantize a model before measuring it."""
+    if qcfg is not None:
+        from .attacks.quant.apply import quantize_model
+        from .attacks.quant.backends import get_quantizer
+
+        model = quantize_model(model, get_quantizer(**qcfg))[0]
+    return knowledge(model, tok, forget, retain, batch_size=batch_size)
 
 
 def _prompt_variant(name: str, forget: list[QAItem], retain: list[QAItem], seed: int) -> list[str]:
@@ -230,7 +242,6 @@ class Audit:
                         "retain": [it.to_json() for it in retain], "cfg": cfg.__dict__})
         res: dict[str, dict] = {m: {} for m in models}
         costs: dict[str, dict] = {}
-        quant_cache: dict[str, Any] = {}
         loaded: dict[str, tuple] = {}
         from tqdm.auto import tqdm
 
@@ -248,7 +259,7 @@ class Audit:
                     loaded[m] = load_model(path)
                 model, tok = loaded[m]
                 s = time.time()
-                r = self._one(model, tok, a, retain, quant_cache)
+                r = self._one(model, tok, a, retain)
                 costs[f"{m}/{a}"] = {"wall_s": round(time.time() - s, 3)}
                 res[m][a] = r
                 write_json(cp, {"key": key, "result": r, "cost": costs[f"{m}/{a}"]})
@@ -275,16 +286,10 @@ class Audit:
             for i, j in enumerate(r.get("item_index") or range(len(r["forget_em"])))])
         return summary
 
-    def _one(self, model, tok, attack: str, retain, quant_cache) -> dict:
+    def _one(self, model, tok, attack: str, retain) -> dict:
         cfg = self.config
-        if attack == "fp":
-            return knowledge(model, tok, self.forget, retain, batch_size=cfg.batch_size)
-        if attack in QUANT:
-            from .attacks.quant.apply import quantize_model
-
-            q = quant_cache.setdefault(attack, quantizer_for(attack))
-            qm, _ = quantize_model(model, q)
-            return knowledge(qm, tok, self.forget, retain, batch_size=cfg.batch_size)
+        if attack == "fp" or attack in QUANT:
+            return knowledge_at(model, tok, self.forget, retain, QUANT.get(attack), batch_size=cfg.batch_size)
         if attack in PROMPT_ATTACKS:
             from .attacks.prompts import STOPS
 

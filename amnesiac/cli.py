@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import importlib
-import json
-from pathlib import Path
 from typing import Optional
 
 import typer

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .audit import MARGIN, boot_idx, ci_of, knowledge
+from .audit import MARGIN, boot_idx, ci_of, knowledge_at
 from .io import amnesiac_home, hash_obj, read_json, versions, write_json
 
 RELEASE_GRID = dict(backend="rtn", bits=4, group=64, scheme="sym")
@@ -104,7 +104,6 @@ def run_unlearning(target: Path, method: str, sure: bool, cfg: DemoConfig, forge
 
 def eval_row(model_dir: Path, forget, retain, cfg: DemoConfig, cache_dir: Path, target_dir: Path | None = None) -> dict:
     """Recall at every precision (+ collapse diagnostics at 4 bits vs the scenario's target), cached."""
-    from .attacks.quant.apply import quantize_model
     from .models import load_model
 
     key = hash_obj({"model": str(model_dir), "mtime": (model_dir / "model.safetensors").stat().st_mtime,
@@ -115,8 +114,7 @@ def eval_row(model_dir: Path, forget, retain, cfg: DemoConfig, cache_dir: Path, 
     model, tok = load_model(model_dir, device="cpu")
     row: dict = {"precisions": {}}
     for p, qc in PRECISIONS.items():
-        m = model if qc is None else quantize_model(model, _quantizer(qc))[0]
-        row["precisions"][p] = knowledge(m, tok, forget, retain)
+        row["precisions"][p] = knowledge_at(model, tok, forget, retain, qc)
     if target_dir is not None:
         from .attacks.collapse import collapse_diagnostics
 

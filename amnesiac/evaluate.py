@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .data.schema import QA_TEMPLATE, QAItem, VerbItem, qa_answer, item_prompt, qa_prompt
+from .data.schema import QA_TEMPLATE, QAItem, VerbItem, item_prompt, qa_answer
 from .metrics import memorization, mia, muse, tofu
 from .metrics.base import MetricResult, mean
 from .metrics.runner import Runner

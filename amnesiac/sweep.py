@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .audit import knowledge
+from .audit import knowledge_at
 from .io import hash_obj, read_json, versions, write_json
 
 BITS = {16: None, 8: dict(backend="rtn", bits=8, group=None, scheme="sym"),
@@ -42,7 +42,6 @@ class SweepConfig:
 def run_sweep(target: str | Path, forget, retain, out: str | Path, cfg: SweepConfig | None = None,
               log=print) -> dict:
     from .attacks.collapse import collapse_diagnostics
-    from .attacks.quant.apply import quantize_model
     from .attacks.quant.backends import get_quantizer
     from .models import load_model
     from .unlearn import unlearn
@@ -72,8 +71,7 @@ def run_sweep(target: str | Path, forget, retain, out: str | Path, cfg: SweepCon
             model, _ = load_model(udir, device="cpu")
             ev = {"key": key, "bits": {}}
             for b in cfg.bits:
-                m = model if BITS[b] is None else quantize_model(model, get_quantizer(**BITS[b]))[0]
-                k = knowledge(m, tok, forget, retain)
+                k = knowledge_at(model, tok, forget, retain, BITS[b])
                 ev["bits"][str(b)] = {"forget_recall": float(np.mean(k["forget_em"])),
                                       "retain_recall": float(np.mean(k["retain_em"]))}
             d = collapse_diagnostics(tmodel, model, q4)["overall"]

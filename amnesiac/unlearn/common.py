@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import torch
 
 from ..core.logprobs import Encoded, collate, encode_pairs, pad_id_of, scored_log_softmax, token_logprobs
-from ..data.schema import QAItem, qa_answer, item_prompt, qa_prompt
+from ..data.schema import QAItem, item_prompt, qa_answer
 
 
 class UnlearnError(ValueError):

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from ...io import write_json, write_jsonl
 from ...registry import register
-from ..schema import is_completion, item_prompt, QA_TEMPLATE, DataError, QAItem, qa_prompt, read_jsonl
+from ..schema import DataError, QAItem, item_prompt, read_jsonl  # item_prompt re-exported
 
 FACTS_FILE = Path(__file__).with_name("realworld.jsonl")
 SPLITS = ("forget", "retain", "utility")
