@@ -18,25 +18,13 @@ from typing import Any
 
 import numpy as np
 
+from .attacks.quant.spec import NAMED as QUANT  # attack name -> get_quantizer kwargs
 from .data.schema import QAItem, item_prompt, qa_answer
 from .io import hash_obj, read_json, versions, write_json, write_jsonl
 
 MARGIN = 0.05  # smallest recall difference (absolute) that counts as knowledge coming back
 N_BOOT = 1000
 
-# name -> quantizer config for attacks.quant.backends.get_quantizer
-QUANT = {
-    "rtn8": dict(backend="rtn", bits=8, group=None, scheme="sym"),
-    "rtn4_g64": dict(backend="rtn", bits=4, group=64, scheme="sym"),
-    "rtn4_g128_asym": dict(backend="rtn", bits=4, group=128, scheme="asym"),
-    "rtn3_g64": dict(backend="rtn", bits=3, group=64, scheme="sym"),
-    "rtn2_g64": dict(backend="rtn", bits=2, group=64, scheme="sym"),
-    "hqq4": dict(backend="hqq", bits=4, group=64),
-    "quanto4": dict(backend="quanto", bits=4),
-    "quanto8": dict(backend="quanto", bits=8),
-    "torchao4": dict(backend="torchao", bits=4, group=32),
-    "bnb_nf4": dict(backend="bnb", bits=4, kind="nf4"),
-}
 SUITES = {
     "quick": ["fp", "rtn8", "rtn4_g64", "paraphrase"],
     "full": ["fp", "rtn8", "rtn4_g64", "rtn4_g128_asym", "rtn3_g64", "rtn2_g64", "hqq4", "quanto4", "quanto8",

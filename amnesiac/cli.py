@@ -14,7 +14,7 @@ console = Console()
 
 # Subpackages that add verbs: each has a `cli.py` with `register(app: typer.Typer) -> None`.
 PLUGINS = ["amnesiac.unlearn.cli", "amnesiac.attacks.cli", "amnesiac.metrics.cli", "amnesiac.report.cli",
-           "amnesiac.models.cli"]
+           "amnesiac.models.cli", "amnesiac.reproduce.cli"]
 
 
 @app.command("ls")

@@ -47,12 +47,17 @@ class DemoConfig:
     lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3)
     sure_lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2)  # SURE: ~10× larger lr, only salient rows move
     sure_percentile: float = 90.0
+    # quantization-aware variant (SCIENCE.md §2b): the same method and lr ladder, trained through the
+    # release grid (rtn4_g64 = RELEASE_GRID), early stop on the quantized model's forget recall
+    robust: bool = True
+    robust_to: str = "rtn4_g64"
     max_steps: int = 200
     early_stop: float = 0.25  # stop once monitor forget recall ≤ 25 % of the target's
     batch_size: int = 8
     scenarios: tuple[str, ...] = ("trained", "released-quantized")
     max_retain: int = 300
     n_boot: int = 1000
+    smollm2: bool = False  # issue 10: append the SmolLM2 rows (amnesiac.reproduce.smollm2_demo), off by default
 
 
 def _quantizer(cfg: dict):
@@ -82,20 +87,25 @@ def scenario_models(paths: dict[str, Path], scenario: str, log=print) -> dict[st
     return out
 
 
-def run_unlearning(target: Path, method: str, sure: bool, cfg: DemoConfig, forget, retain, log=print) -> Path:
-    """Unlearn at the smallest lr of the ladder that reaches the early-stop threshold (cached per lr)."""
+def run_unlearning(target: Path, method: str, sure: bool, cfg: DemoConfig, forget, retain, log=print,
+                   robust: bool = False) -> Path:
+    """Unlearn at the smallest lr of the ladder that reaches the early-stop threshold (cached per lr).
+    robust: quantization-aware through cfg.robust_to (plain lr ladder; the monitor sees the quantized model)."""
     from .unlearn import unlearn
 
     out = None
+    tag = ("_sure" if sure else "") + ("_robust" if robust else "")
     for lr in (cfg.sure_lrs if sure else cfg.lrs):
         opts = dict(method=method, lr=lr, max_steps=cfg.max_steps, schedule="constant",
                     batch_size=cfg.batch_size, seed=cfg.seed, early_stop_recall=cfg.early_stop, early_stop_relative=True,
                     early_stop_every=4, monitor_size=len(forget), progress=False)
         if sure:
             opts["sure_percentile"] = cfg.sure_percentile
-        out = target.parent / "unlearned" / f"{target.name}-{method}{'_sure' if sure else ''}-{hash_obj(opts, 8)}"
+        if robust:
+            opts["robust_to"] = cfg.robust_to
+        out = target.parent / "unlearned" / f"{target.name}-{method}{tag}-{hash_obj(opts, 8)}"
         if not (out / "unlearn.json").exists():
-            log(f"[demo] unlearning {target.name} with {method}{' + SURE' if sure else ''} at lr {lr:g}")
+            log(f"[demo] unlearning {target.name} with {method}{tag.replace('_', ' + ').upper()} at lr {lr:g}")
             unlearn(str(target), forget, retain, out=out, overwrite=True, **opts)
         if read_json(out / "unlearn.json").get("stopped_early"):
             break
@@ -148,12 +158,14 @@ def run_demo(cfg: DemoConfig | None = None, out: str | Path = "demo", log=print)
     for sc in cfg.scenarios:
         mods = scenario_models(paths, sc, log)
         entries = [("target", mods["target"], None), ("retrained", mods["retrained"], None)]
+        variants = [(False, False)] + ([(True, False)] if cfg.sure else []) + ([(False, True)] if cfg.robust else [])
         for meth in cfg.methods:
-            for sure in ([False, True] if cfg.sure else [False]):
+            for sure, robust in variants:
                 s = time.time()
-                u = run_unlearning(mods["target"], meth, sure, cfg, forget, retain_all, log)
-                times[f"{sc}/{meth}{'_sure' if sure else ''}"] = round(time.time() - s, 1)
-                entries.append((meth.upper() + ("_SURE" if sure else ""), u, mods["target"]))
+                u = run_unlearning(mods["target"], meth, sure, cfg, forget, retain_all, log, robust=robust)
+                tag = ("_sure" if sure else "") + ("_robust" if robust else "")
+                times[f"{sc}/{meth}{tag}"] = round(time.time() - s, 1)
+                entries.append((meth.upper() + tag.upper(), u, mods["target"]))
         for name, mdir, tdir in entries:
             r = eval_row(mdir, forget, retain, cfg, cache, tdir)
             raw[(sc, name)] = r
@@ -175,6 +187,10 @@ def run_demo(cfg: DemoConfig | None = None, out: str | Path = "demo", log=print)
                "prepare_s": round(t_prep, 1), "unlearn_s": times, "wall_s": round(time.time() - t0, 1),
                "models": {k: str(v) for k, v in paths.items()}, "versions": versions(), "seed": cfg.seed,
                "release_grid": RELEASE_GRID, "precisions": PRECISIONS, "margin": MARGIN}
+    if cfg.smollm2:  # SmolLM2-135M, a real Q4_1 release: rows from `amnesiac reproduce smollm2` (cached)
+        from .reproduce.smollm2_demo import add_to_demo
+
+        add_to_demo(summary, out, log)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "summary.json", summary)
     from .report.demo_report import write_demo_report

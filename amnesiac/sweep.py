@@ -4,6 +4,7 @@ Unlearns one target at each learning rate (fixed step budget, no early stop, cac
 each unlearned model at each precision, and draws forget and retain recall vs lr (one line per precision)
 plus the collapse rate at 4 bits vs lr. Small lr ⇒ small update that quantization may undo; large lr ⇒
 update survives quantization but costs retain; SURE is meant to get both — or the plot shows it does not.
+The second axis (how far the target sits off the release grid) is in sweep_offset.py.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ class SweepConfig:
     lrs: list[float] = field(default_factory=lambda: [1e-6, 3e-6, 1e-5, 3e-5, 1e-4])
     bits: list[int] = field(default_factory=lambda: [16, 8, 4, 3])
     sure_percentile: float | None = None
+    robust_to: str | None = None  # quantization-aware runs (SCIENCE.md §2b): e.g. "rtn4_g64"
     max_steps: int = 60
     batch_size: int = 8
     seed: int = 0
@@ -37,6 +39,10 @@ class SweepConfig:
             raise ValueError(f"unsupported bit widths {bad}; available: {sorted(BITS)} (16 = full precision)")
         if not self.lrs or any(lr <= 0 for lr in self.lrs):
             raise ValueError("learning rates must be positive and at least one must be given")
+        if self.robust_to:
+            from .attacks.quant.spec import parse_names
+
+            parse_names(self.robust_to)  # unknown quantizer names fail here, before any model is built
 
 
 def run_sweep(target: str | Path, forget, retain, out: str | Path, cfg: SweepConfig | None = None,
@@ -60,6 +66,8 @@ def run_sweep(target: str | Path, forget, retain, out: str | Path, cfg: SweepCon
                     batch_size=cfg.batch_size, seed=cfg.seed, progress=False)
         if cfg.sure_percentile is not None:
             opts["sure_percentile"] = cfg.sure_percentile
+        if cfg.robust_to:
+            opts["robust_to"] = cfg.robust_to
         udir = out / "models" / f"lr{lr:g}-{hash_obj({'t': str(target), **opts}, 8)}"
         if not (udir / "unlearn.json").exists():
             log(f"[sweep] {cfg.method} at lr {lr:g}")
@@ -102,6 +110,7 @@ def _plots(summary: dict, out: Path) -> None:
     imgs = [(f"{m}: forget recall vs lr", plots.lines_by_x(series_f, "learning rate", "forget recall", f"{m}: forget", logx=True)),
             (f"{m}: retain recall vs lr", plots.lines_by_x(series_r, "learning rate", "retain recall", f"{m}: retain", logx=True)),
             (f"{m}: 4-bit codes unchanged vs lr", plots.lines_by_x(coll, "learning rate", "collapse rate", "collapse rate", logx=True))]
+    (out / "sweep_lr_forget.png").write_bytes(imgs[0][1])  # the figure on its own, e.g. for a README
     table = [["lr", "bits", "forget recall", "retain recall", "codes unchanged 4b", "drift kept 4b"]]
     table += [[f"{r['lr']:g}", str(r["bits"]), f"{r['forget_recall']:.2f}", f"{r['retain_recall']:.2f}",
                f"{100 * r['collapse_rate_4bit']:.1f}%", "-" if r["drift_kept_4bit"] is None else f"{r['drift_kept_4bit']:.2f}"]

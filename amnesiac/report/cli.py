@@ -45,36 +45,87 @@ def register(app: typer.Typer) -> None:
                   forget: str = typer.Option("bios:forget10", help="forget set (bios:forget10, tofu:forget10, .jsonl)"),
                   retain: str = typer.Option("bios:retain90", help="retain set"),
                   method: str = typer.Option("npo_klr"),
-                  lr: str = typer.Option("1e-6,3e-6,1e-5,3e-5,1e-4", help="comma-separated learning rates"),
-                  bits: str = typer.Option("16,8,4,3", help="comma-separated bit widths (16 = full precision)"),
+                  lr: Optional[str] = typer.Option(None, help="comma-separated learning rates (default 1e-6,3e-6,1e-5,3e-5,1e-4; "
+                                                             "with --grid-offset one lr, default 1e-4)"),
+                  grid_offset: Optional[str] = typer.Option(None, help="second axis: comma-separated offsets of the target "
+                                                                      "from the 4-bit release grid, in steps (e.g. 0,0.1,0.2,0.4)"),
+                  bits: Optional[str] = typer.Option(None, help="comma-separated bit widths, 16 = full precision "
+                                                              "(default 16,8,4,3; with --grid-offset 16,8,4)"),
                   sure: Optional[float] = typer.Option(None, help="SURE percentile (e.g. 90) for every run"),
+                  robust_to: Optional[str] = typer.Option(None, help="quantization-aware runs through these formats (e.g. rtn4_g64)"),
                   max_steps: int = typer.Option(60, help="optimizer steps per run (no early stop: a fixed budget)"),
-                  out: Path = typer.Option(Path("sweep"), help="output folder (runs cached per lr)")):
-        """The paper's learning-rate figure: forget/retain recall vs lr at each precision, collapse rate vs lr."""
+                  seed: int = typer.Option(0, help="unlearning seed; with --grid-offset also the offset directions"),
+                  out: Optional[Path] = typer.Option(None, help="output folder, runs cached per point "
+                                                               "(default sweep/, or sweep_offset/ with --grid-offset)")):
+        """The paper's learning-rate figure (forget/retain recall vs lr at each precision, collapse rate vs lr), or
+        with --grid-offset recovery vs how far the target sits off the release grid."""
         from rich.console import Console
 
         from ..data import load_dataset
-        from ..sweep import SweepConfig, run_sweep
 
         c = Console()
+
+        def floats(s: str, what: str) -> list[float]:
+            try:
+                return [float(x) for x in s.split(",") if x.strip()]
+            except ValueError:
+                raise typer.BadParameter(f"{what}: expected comma-separated numbers, got {s!r}")
+
+        bit_list = [int(b) for b in floats(bits, "--bits")] if bits else None
+        if grid_offset is not None:
+            from ..sweep_offset import OffsetSweepConfig
+
+            lrs = floats(lr, "--lr") if lr else [1e-4]
+            if len(lrs) != 1:
+                raise typer.BadParameter("--grid-offset sweeps offsets at one learning rate; give one --lr")
+            cfg = OffsetSweepConfig(method=method, lr=lrs[0], offsets=floats(grid_offset, "--grid-offset"),
+                                    bits=bit_list or [16, 8, 4], sure_percentile=sure, robust_to=robust_to,
+                                    max_steps=max_steps, seed=seed)
+        else:
+            from ..sweep import SweepConfig
+
+            cfg = SweepConfig(method=method, lrs=floats(lr or "1e-6,3e-6,1e-5,3e-5,1e-4", "--lr"),
+                              bits=bit_list or [16, 8, 4, 3], sure_percentile=sure, robust_to=robust_to,
+                              max_steps=max_steps, seed=seed)
+        try:
+            cfg.check()
+        except ValueError as e:
+            raise typer.BadParameter(str(e))
         if target is None:
             from ..demo import scenario_models
             from ..models import tiny
 
             target = scenario_models(tiny.prepare("xs", 0, log=c.print), scenario, c.print)["target"]
-        cfg = SweepConfig(method=method, lrs=[float(x) for x in lr.split(",")], bits=[int(b) for b in bits.split(",")],
-                          sure_percentile=sure, max_steps=max_steps)
-        s = run_sweep(target, load_dataset(forget), load_dataset(retain), out, cfg, log=c.print)
+        fset, rset = load_dataset(forget), load_dataset(retain)
+        if grid_offset is not None:
+            from ..sweep_offset import run_offset_sweep
+
+            out = out or Path("sweep_offset")
+            s = run_offset_sweep(target, fset, rset, out, cfg, log=c.print)
+            for r in s["rows"]:
+                c.print(f"offset {r['offset']:g} (measured mean {r['realised_offset_mean']:.3f})  {r['bits']:>2}-bit  "
+                        f"forget {r['target_forget_recall']:.2f} → {r['forget_recall']:.2f}  retain {r['retain_recall']:.2f}  "
+                        f"codes unchanged@4b {100 * r['collapse_rate_4bit']:.1f}%")
+            c.print(f"wrote {out}/summary.json, {out}/sweep_offset.md/.html, {out}/sweep_offset_forget.png ({s['wall_s']} s)")
+            return
+        from ..sweep import run_sweep
+
+        out = out or Path("sweep")
+        s = run_sweep(target, fset, rset, out, cfg, log=c.print)
         for r in s["rows"]:
             c.print(f"lr {r['lr']:g}  {r['bits']:>2}-bit  forget {r['forget_recall']:.2f}  retain {r['retain_recall']:.2f}  "
                     f"codes unchanged@4b {100 * r['collapse_rate_4bit']:.1f}%")
-        c.print(f"wrote {out}/summary.json, {out}/sweep.md, {out}/sweep.html ({s['wall_s']} s)")
+        c.print(f"wrote {out}/summary.json, {out}/sweep.md, {out}/sweep.html, {out}/sweep_lr_forget.png ({s['wall_s']} s)")
 
     @app.command("demo")
     def demo_cmd(size: str = typer.Option("xs", help="tiny model preset xs | s | m"),
                  seed: int = typer.Option(0), out: Path = typer.Option(Path("demo"), help="output folder"),
                  sure: bool = typer.Option(True, help="also run the SURE variants"),
-                 methods: str = typer.Option(",".join(["ga_gdr", "ga_klr", "npo_gdr", "npo_klr"]), help="comma-separated")):
+                 robust: bool = typer.Option(True, help="also run the quantization-aware *_robust variants (trained through the release grid)"),
+                 methods: str = typer.Option(",".join(["ga_gdr", "ga_klr", "npo_gdr", "npo_klr"]), help="comma-separated"),
+                 smollm2: bool = typer.Option(False, "--smollm2", help="off by default: also add the SmolLM2-135M rows "
+                                              "(a real Q4_1 release; needs `amnesiac models fetch smollm2`; reuses "
+                                              "`amnesiac reproduce smollm2`'s cache, else runs it without the sweep)")):
         """The whole experiment on the embedded default: prepare, unlearn, quantize, measure, report."""
         from rich.console import Console
 
@@ -82,7 +133,16 @@ def register(app: typer.Typer) -> None:
         from .demo_report import print_table
 
         c = Console()
-        summary = run_demo(DemoConfig(size=size, seed=seed, sure=sure, methods=methods.split(",")), out, log=c.print)
+        if smollm2:  # fail before the tiny demo runs when the model is not there
+            from ..reproduce.smollm2 import ReproduceError, resolve_model
+
+            try:
+                resolve_model(None)
+            except ReproduceError as e:
+                c.print(f"[red]--smollm2:[/red] {e}")
+                raise typer.Exit(1)
+        summary = run_demo(DemoConfig(size=size, seed=seed, sure=sure, robust=robust, methods=methods.split(","),
+                                      smollm2=smollm2), out, log=c.print)
         print_table(summary, c)
         c.print(f"wall time {summary['wall_s']} s (prepare {summary['prepare_s']} s); wrote {out}/summary.json, "
                 f"{out}/report.md, {out}/report.html")

@@ -14,6 +14,7 @@ import torch
 
 from ..io import hash_obj, versions, write_json
 from ..registry import lookup
+from . import distributed
 from . import lora as lora_mod
 from . import sure as sure_mod
 from .common import Ctx, UnlearnError, make_split
@@ -144,6 +145,7 @@ def unlearn(model, forget, retain=None, *, tokenizer=None, out: str | os.PathLik
         raise UnlearnError(f"unknown precision {cfg.precision!r}; available: float32, bfloat16, bf16-mixed")
     if cfg.grad_accum < 1 or cfg.batch_size < 1:
         raise UnlearnError("batch_size and grad_accum must be ≥ 1")
+    _check_optimizer(cfg.optimizer)  # scale
     out = Path(out) if out is not None else None
     if resume and out is None:
         raise UnlearnError("resume needs the output directory that holds the checkpoint")
@@ -162,13 +164,15 @@ def unlearn(model, forget, retain=None, *, tokenizer=None, out: str | os.PathLik
         check_model_dir(model)  # fail before touching OUT
     elif tokenizer is None:
         raise UnlearnError("pass tokenizer= with a model object (or give a model directory)")
-    if out is not None:
+    ddp, rank_device = distributed.init(cfg.device)  # scale: joins the group under torchrun / accelerate launch
+    if out is not None and ddp.is_main:  # scale: rank 0 alone writes OUT
         _prepare_out(out, resume, overwrite)
+    ddp.barrier()  # scale
 
     t_start = time.time()
-    from ..models.load import load_model, resolve_device
+    from ..models.load import load_model
 
-    dev = torch.device(resolve_device(cfg.device))
+    dev = torch.device(rank_device)  # scale: resolve_device(cfg.device), or cuda:LOCAL_RANK per process
     source = None
     if isinstance(model, (str, os.PathLike)):
         source = Path(model)
@@ -227,8 +231,12 @@ def unlearn(model, forget, retain=None, *, tokenizer=None, out: str | os.PathLik
         items = items[: cfg.monitor_size]
         monitor = lambda: float(exact_match_recall(ctx.model, tok, items).value)  # noqa: E731
 
+    robust = _robust(cfg, ctx.model)
+    if robust is not None:
+        monitor = robust.wrap_monitor(monitor)  # early stop on the *quantized* model's forget recall (§2b)
+
     res = train(ctx, method, reg, params, out=out, sure_masks=masks, resume=resume, monitor=monitor,
-                callbacks=callbacks, config_hash=cfg.training_hash())
+                callbacks=callbacks, config_hash=cfg.training_hash(), robust=robust)
 
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_disable()
@@ -248,19 +256,52 @@ def unlearn(model, forget, retain=None, *, tokenizer=None, out: str | os.PathLik
                  "forget_hash": hash_obj(data["forget"].seqs),
                  "retain_hash": hash_obj(data["retain"].seqs) if "retain" in data else None,
                  "kind": "qa" if data["forget"].is_qa else "text"},
-        "device": str(dev), "reference": ctx.ref.describe(),
+        "device": str(dev), "distributed": ddp.describe(), "reference": ctx.ref.describe(),
         "trainable_params": int(sum(p.numel() for p in params.values())),
         "steps": res["steps"], "total_steps": res["total_steps"], "stopped_early": res["stopped_early"],
         "early_stop": {"threshold": res["early_stop_threshold"], "monitor_start": res["monitor_start"],
                        "monitor": res["monitor"]} if cfg.early_stop_recall is not None else None,
         "resumed_from_step": res["resumed_from"], "sure_mask": sure_stats,
         "drift": weight_drift(model, snapshot()),
+        "robust": robust.describe() if robust is not None else None,
         "train_wall_s": res["train_wall_s"], "wall_s": time.time() - t_start, "memory": _peak_memory(dev),
         "versions": versions(), "losses": res["log"],
     }
-    if out is not None:
+    if out is not None and ddp.is_main:  # scale: rank 0 saves
+        if robust is not None and robust.names:  # the shipped artefact is Q(θ): save it beside the latent θ
+            from .robust import save_quantized
+
+            info["robust"]["quantized"] = save_quantized(model, tok, out, robust.names)
         _save_final(model, tok, out, info, keep_checkpoint=cfg.keep_checkpoint)
+    ddp.barrier()  # scale: other ranks return once OUT is complete
     return UnlearnResult(model, tok, info, out)
+
+
+def _check_optimizer(name: str) -> None:  # scale
+    import importlib.util
+
+    if name not in ("adamw", "adamw8bit"):
+        raise UnlearnError(f"unknown optimizer {name!r}; available: adamw, adamw8bit")
+    if name == "adamw8bit" and importlib.util.find_spec("bitsandbytes") is None:
+        raise UnlearnError("optimizer 'adamw8bit' needs bitsandbytes (pip install 'amnesiac[bnb]')")
+
+
+def _robust(cfg: UnlearnConfig, model):
+    """The quantization-aware views (robust.py) asked for by robust_to / robust_noise / a `_robust` name."""
+    from .config import wants_robust
+    from .robust import Robust
+
+    try:
+        robust = Robust.build(cfg.robust_to, cfg.robust_noise, cfg.seed)
+    except ValueError as e:
+        raise UnlearnError(str(e)) from None
+    if robust is None:
+        if wants_robust(cfg.method):
+            raise UnlearnError(f"method {cfg.method!r} is quantization-aware: name the deployment format(s) with "
+                               "robust_to (e.g. robust_to='q4_1' or 'rtn4_g64,rtn8') and/or robust_noise > 0")
+        return None
+    robust.bind(model)
+    return robust
 
 
 def _save_final(model, tok, out: Path, info: dict, keep_checkpoint: bool) -> None:

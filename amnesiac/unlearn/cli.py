@@ -31,6 +31,7 @@ def register(app: typer.Typer) -> None:
         warmup_steps: int = typer.Option(_D.warmup_steps, help="linear warm-up steps"),
         weight_decay: float = typer.Option(_D.weight_decay, help="AdamW weight decay (≥2-D tensors)"),
         max_grad_norm: float = typer.Option(1.0, help="gradient clipping norm (0 = off)"),
+        optimizer: str = typer.Option(_D.optimizer, help="adamw | adamw8bit (bitsandbytes 8-bit optimizer states)"),
         batch_size: int = typer.Option(_D.batch_size, help="forget batch size"),
         retain_batch_size: Optional[int] = typer.Option(None, help="retain batch size (default: --batch-size)"),
         grad_accum: int = typer.Option(_D.grad_accum, help="gradient accumulation micro-batches per step"),
@@ -45,6 +46,8 @@ def register(app: typer.Typer) -> None:
         ref_max_gb: float = typer.Option(_D.ref_max_gb, help="auto: precompute when it needs at most this much RAM"),
         sure_percentile: Optional[float] = typer.Option(None, help="SURE: only rows ≥ this saliency percentile train"),
         sure_scope: str = typer.Option(_D.sure_scope, help="SURE threshold per weight 'matrix' or 'global'"),
+        robust_to: Optional[str] = typer.Option(None, help="quantization-aware: train through these formats, e.g. q4_1 or q4_1,q8_0,rtn4_g128 (saves OUT/quantized-<fmt>/ too)"),
+        robust_noise: float = typer.Option(_D.robust_noise, help="also train on random sub-step weight noise (fraction of a 4-bit g64 step)"),
         lora_rank: Optional[int] = typer.Option(None, help="train rank-r LoRA adapters (merged on save)"),
         lora_alpha: Optional[float] = typer.Option(None, help="LoRA α (default 2r)"),
         lora_targets: str = typer.Option(_D.lora_targets, help="'all-linear' or comma list of module names"),
@@ -64,7 +67,10 @@ def register(app: typer.Typer) -> None:
         Example: amnesiac unlearn --model target --forget bios:forget10 --retain bios:retain90 --method npo_klr --lr 1e-5 --epochs 5 --out runs/npo_klr
 
         SURE: add --sure-percentile 90 (or use a *_sure method) and a ~10x larger --lr. LoRA: --lora-rank 8.
+        Quantization-aware (forgetting that survives the shipped format): --robust-to q4_1 (SCIENCE.md §2b).
         Kill-safe: --checkpoint-every N, then rerun the same command with --resume.
+        Multi-process (DDP): accelerate launch --num_processes N -m amnesiac.cli unlearn ... (or torchrun);
+        --batch-size is then the global micro-batch, split across the N processes.
         """
         from rich.console import Console
 
@@ -81,8 +87,14 @@ def register(app: typer.Typer) -> None:
         except (UnlearnError, DataError, ModelLoadError, UnlearnDiverged, KeyError) as e:
             console.print(f"[red]error:[/red] {e.args[0] if e.args else e}")
             raise typer.Exit(2)
+        from .distributed import current
+
+        if not current().is_main:  # scale: under a multi-process launch rank 0 reports
+            return
         i = res.info
         last = i["losses"][-1] if i["losses"] else {}
         console.print(f"{i['method']}_{i['regularizer']}{'_sure' if i['sure'] else ''}: {i['steps']} steps, "
                       f"{i['train_wall_s']:.1f} s, loss {last.get('loss', float('nan')):.4g}, "
                       f"mean |Δw| {i['drift']['mean_abs_dw']:.3g} → {out}")
+        for fmt, q in ((i.get("robust") or {}).get("quantized") or {}).items():
+            console.print(f"  quantized ({fmt}): {q['dir']}" + (f"  +  {q['gguf']}" if "gguf" in q else ""))

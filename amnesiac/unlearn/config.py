@@ -44,6 +44,9 @@ class UnlearnConfig:
     # SURE
     sure_percentile: float | None = None
     sure_scope: str = "matrix"  # matrix | global
+    # quantization-aware unlearning (SCIENCE.md §2b; robust.py): train through these quantizers
+    robust_to: str | None = None  # comma list of quantizer names: q4_1,q8_0,rtn4_g128 (attacks.quant.spec)
+    robust_noise: float = 0.0  # also train on θ + U(−σ/2, σ/2)·Δ(4-bit g64): unknown quantizers
     # LoRA
     lora_rank: int | None = None
     lora_alpha: float | None = None
@@ -58,6 +61,8 @@ class UnlearnConfig:
     monitor_size: int = 32
     log_every: int = 1
     progress: bool = True
+    # scale (multi-process runs: distributed.py; batch_size is the global micro-batch there)
+    optimizer: str = "adamw"  # adamw | adamw8bit (bitsandbytes 8-bit states; runs on CPU and CUDA)
 
     # fields that do not change the trained weights (may differ on resume)
     _NON_TRAINING = ("checkpoint_every", "keep_checkpoint", "log_every", "progress", "reference", "ref_max_gb")
@@ -94,15 +99,19 @@ def parse_method(name: str, regularizer: str | None = None, sure_percentile: flo
     if not parts:
         raise UnlearnError("empty method name")
     sure = sure_percentile is not None
-    if parts[-1] == "sure":
+    if parts[-1] == "robust":  # quantization-aware variant: the formats come from robust_to (api checks)
+        parts = parts[:-1]
+    if parts and parts[-1] == "sure":
         sure, parts = True, parts[:-1]
+    if not parts:
+        raise UnlearnError(f"cannot parse method {name!r}: expected METHOD[_REGULARIZER][_sure][_robust]")
     methods, regs = registry("unlearn_methods"), registry("regularizers")
     m = parts[0]
     if m not in methods:
-        combos = ", ".join(sorted(methods)) + f" (optionally _{'/_'.join(sorted(regs))} and _sure)"
+        combos = ", ".join(sorted(methods)) + f" (optionally _{'/_'.join(sorted(regs))}, _sure, _robust)"
         raise UnlearnError(f"unknown unlearning method {name!r}; available: {combos}")
     if len(parts) > 2:
-        raise UnlearnError(f"cannot parse method {name!r}: expected METHOD[_REGULARIZER][_sure]")
+        raise UnlearnError(f"cannot parse method {name!r}: expected METHOD[_REGULARIZER][_sure][_robust]")
     r_name = parts[1] if len(parts) == 2 else None
     if regularizer is not None:
         if r_name is not None and r_name != regularizer.lower():
@@ -114,6 +123,11 @@ def parse_method(name: str, regularizer: str | None = None, sure_percentile: flo
     except KeyError as e:
         raise UnlearnError(e.args[0]) from None
     return m, r_name, sure
+
+
+def wants_robust(name: str) -> bool:
+    """'npo_klr_robust' → True: the name asks for quantization-aware training (robust_to must say for what)."""
+    return name.lower().replace("-", "_").rstrip("_").endswith("_robust")
 
 
 SURE_DEFAULT_PERCENTILE = 90.0  # "_sure" without an explicit percentile: top 10 % of rows (SCIENCE.md §1)

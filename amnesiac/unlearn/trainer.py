@@ -8,6 +8,7 @@ JSON; resuming from it reproduces the uninterrupted run bit for bit on CPU.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -21,6 +22,7 @@ import torch
 
 from ..io import write_json
 from ..models.train import lr_at
+from . import distributed
 from . import sure as sure_mod
 from .common import Ctx, Method, Regularizer
 
@@ -61,11 +63,15 @@ def save_checkpoint(path: Path, params: dict[str, torch.nn.Parameter], opt: torc
     save_file({n: p.detach().cpu().contiguous() for n, p in params.items()}, str(tmp / "params.safetensors"))
     opt_t, opt_meta = {}, {}
     plist = list(params.values())
-    for i, p in enumerate(plist):
+    seen: set[int] = set()  # scale: bitsandbytes shares its quantization maps between parameters; safetensors
+    for i, p in enumerate(plist):  # refuses shared storage, so a repeated tensor is saved as its own copy
         st = opt.state.get(p, {})
         for k, v in st.items():
             if torch.is_tensor(v):
-                opt_t[f"{i}.{k}"] = v.detach().cpu().contiguous()
+                t = v.detach().cpu().contiguous()
+                ptr = t.untyped_storage().data_ptr()
+                opt_t[f"{i}.{k}"] = t.clone() if ptr in seen else t
+                seen.add(ptr)
             else:
                 opt_meta[f"{i}.{k}"] = v
     save_file(opt_t or {"_empty": torch.zeros(0)}, str(tmp / "optimizer.safetensors"))
@@ -107,8 +113,8 @@ def load_checkpoint(path: Path, params: dict[str, torch.nn.Parameter], opt: torc
             continue
         i, k = key.split(".", 1)
         p = plist[int(i)]
-        if torch.is_tensor(v) and k != "step":
-            v = v.to(device=p.device, dtype=p.dtype)
+        if torch.is_tensor(v) and k != "step":  # scale: keep the saved dtype (8-bit states are uint8 + fp32 scales)
+            v = v.to(device=p.device)
         opt.state[p][k] = v
     rng = load_file(str(path / "rng.safetensors"))
     torch.set_rng_state(rng["torch_cpu"])
@@ -139,14 +145,30 @@ def make_optimizer(params: dict[str, torch.nn.Parameter], cfg, sure_masks) -> tu
         no = [params[n] for n in names if not wd_map[n]]
         groups = [g for g in ({"params": decay, "weight_decay": cfg.weight_decay}, {"params": no, "weight_decay": 0.0})
                   if g["params"]]
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps)
+    opt = _optimizer_class(getattr(cfg, "optimizer", "adamw"))(  # scale: adamw | adamw8bit
+        groups, lr=cfg.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps)
     return opt, wd_map
+
+
+def _optimizer_class(name: str):  # scale: the `optimizer` choice (8-bit states: bitsandbytes, runs on CPU too)
+    if name == "adamw":
+        return torch.optim.AdamW
+    if name == "adamw8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            raise ValueError("optimizer 'adamw8bit' needs bitsandbytes: pip install 'amnesiac[bnb]'") from None
+        return bnb.optim.AdamW8bit
+    raise ValueError(f"unknown optimizer {name!r}; available: adamw, adamw8bit")
 
 
 def train(ctx: Ctx, method: Method, reg: Regularizer, params: dict[str, torch.nn.Parameter],
           out: Path | None = None, sure_masks: dict | None = None, resume: bool = False,
-          monitor: Callable[[], float] | None = None, callbacks=(), config_hash: str = "") -> dict:
-    """Run the unlearning loop on ctx.model; returns {log, steps, stopped_early, monitor, resumed_from}."""
+          monitor: Callable[[], float] | None = None, callbacks=(), config_hash: str = "",
+          robust=None) -> dict:
+    """Run the unlearning loop on ctx.model; returns {log, steps, stopped_early, monitor, resumed_from}.
+
+    robust: an unlearn.robust.Robust (or None): every loss is computed on its quantized views (§2b)."""
     from tqdm.auto import tqdm
 
     cfg = ctx.cfg
@@ -159,7 +181,9 @@ def train(ctx: Ctx, method: Method, reg: Regularizer, params: dict[str, torch.nn
     opt, wd_map = make_optimizer(params, cfg, sure_masks)
     plist = list(params.values())
     ckpt = out / "checkpoint" if out is not None else None
-    log_path = out / "log.jsonl" if out is not None else None
+    ddp = distributed.current()  # scale: a world of 1 unless launched by torchrun / accelerate
+    monitor = ddp.prepare(ctx, method, reg, params, sure_masks, monitor)  # scale: weighted losses, rank-0 state
+    log_path = out / "log.jsonl" if out is not None and ddp.is_main else None  # scale: rank 0 writes
 
     torch.manual_seed(cfg.seed)
     state = {"step": 0, "log": [], "elapsed": 0.0, "monitor": [], "config_hash": config_hash}
@@ -185,7 +209,7 @@ def train(ctx: Ctx, method: Method, reg: Regularizer, params: dict[str, torch.nn
     model.train()
     t0 = time.time() - state["elapsed"]
     stopped_early = False
-    bar = tqdm(total=total, initial=start, desc=f"unlearn {cfg.method}", disable=not cfg.progress, leave=False)
+    bar = tqdm(total=total, initial=start, desc=f"unlearn {cfg.method}", disable=not (cfg.progress and ddp.is_main), leave=False)
     step = start
     for step in range(start, total):
         lr = lr_at(step, total, cfg.lr, cfg.warmup_steps, cfg.schedule)
@@ -195,26 +219,29 @@ def train(ctx: Ctx, method: Method, reg: Regularizer, params: dict[str, torch.nn
         parts = {"loss": 0.0, "forget": 0.0, "retain_term": 0.0, "reg": 0.0}
         for k in range(cfg.grad_accum):
             m = step * cfg.grad_accum + k
-            fidx = fs(m)
-            with ctx.autocast():
-                lf = method.forget_loss(ctx, fidx)
-                terms = {"forget": lf}
-                if rs is not None:
-                    ridx = rs(m)
-                    lr_m = method.retain_loss(ctx, ridx)
-                    if lr_m is not None:
-                        terms["retain_term"] = lr_m
-                    lreg = reg.loss(ctx, ridx)
-                    if lreg is not None:
-                        terms["reg"] = lreg
-            loss = terms["forget"] + terms.get("retain_term", 0.0) + cfg.alpha * terms.get("reg", 0.0)
-            vals = {k2: float(v.detach()) for k2, v in terms.items()}
-            if not math.isfinite(float(loss.detach())):
-                raise UnlearnDiverged(_diverged_msg(step, vals, ckpt))
-            (loss / cfg.grad_accum).backward()
-            parts["loss"] += float(loss.detach()) / cfg.grad_accum
-            for k2, v in vals.items():
-                parts[k2] += v / cfg.grad_accum
+            fidx = ddp.shard(fs(m), "forget")  # scale: this rank's slice of the micro-batch
+            ridx = ddp.shard(rs(m), "retain") if rs is not None else None  # scale
+            # quantization-aware (robust.py, §2b): the same micro-batch once per view θ → Q(θ), losses summed
+            for view in (robust.views(m) if robust is not None else (contextlib.nullcontext,)):
+                with view(), ctx.autocast():
+                    lf = method.forget_loss(ctx, fidx)
+                    terms = {"forget": lf}
+                    if ridx is not None:
+                        lr_m = method.retain_loss(ctx, ridx)
+                        if lr_m is not None:
+                            terms["retain_term"] = lr_m
+                        lreg = reg.loss(ctx, ridx)
+                        if lreg is not None:
+                            terms["reg"] = lreg
+                    loss = terms["forget"] + terms.get("retain_term", 0.0) + cfg.alpha * terms.get("reg", 0.0)
+                    vals = {k2: float(v.detach()) for k2, v in terms.items()}
+                    if not math.isfinite(float(loss.detach())):
+                        raise UnlearnDiverged(_diverged_msg(step, vals, ckpt))
+                    (loss / cfg.grad_accum).backward()  # inside the view: backward needs Q(θ) as saved
+                parts["loss"] += float(loss.detach()) / cfg.grad_accum
+                for k2, v in vals.items():
+                    parts[k2] += v / cfg.grad_accum
+        ddp.sync_grads(plist, parts)  # scale: average gradients and logged losses over ranks
         if sure_masks is not None:
             sure_mod.mask_grads(params, sure_masks)
         gn = torch.nn.utils.clip_grad_norm_(plist, cfg.max_grad_norm or float("inf"))
@@ -240,7 +267,7 @@ def train(ctx: Ctx, method: Method, reg: Regularizer, params: dict[str, torch.nn
                     f.write(json.dumps(rec) + "\n")
         bar.set_postfix({k: f"{rec[k]:.4g}" for k in ("loss", "forget", "reg", "retain_term") if k in rec})
         bar.update(1)
-        if ckpt is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total:
+        if ckpt is not None and ddp.is_main and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total:
             save_checkpoint(ckpt, params, opt, {**state, "step": step + 1, "log": log, "monitor": mon_log,
                                                 "elapsed": time.time() - t0})
         for cb in callbacks:

@@ -179,8 +179,11 @@ class GGUFQuantizer:
         return torch.from_numpy(np.ascontiguousarray(out)).to(device=w.device, dtype=w.dtype)
 
     def fake_quant(self, w: torch.Tensor) -> torch.Tensor:
-        """Q(w) forward, straight-through (identity) gradient backward (SCIENCE.md §2b)."""
-        return w + (self(w.detach()) - w).detach()
+        """Q(w) forward, bit-identical to self(w); straight-through (identity) gradient backward (§2b).
+        (w + (q − w).detach() would differ from q in the last bit: the attack must be reproduced exactly.)"""
+        from .rtn import _StraightThrough
+
+        return _StraightThrough.apply(w, self(w.detach()))
 
     def native(self, model):
         """GGUF's own runtime is llama.cpp, not a torch module; refuse rather than pretend."""

@@ -1,0 +1,65 @@
+"""Quantizers by name: one vocabulary for attacks, audits and quantization-aware unlearning (`--robust-to`).
+
+Accepted names: the audit's named attacks (`rtn8`, `rtn4_g64`, `hqq4`, `bnb_nf4`, …: NAMED below),
+RTN specs (`rtn4_g128`, `rtn4_asym_g128`, `rtn8_ch`: attacks.quant.rtn.parse_rtn) and llama.cpp GGUF
+formats (`q4_1`, `gguf_q8_0`: gguf_backend.parse_gguf). Each resolves to `get_quantizer(**config)`, so
+whoever asks for "q4_1" gets the very object the attack uses (one implementation, SCIENCE.md §2b).
+"""
+from __future__ import annotations
+
+import re
+
+# name -> get_quantizer kwargs (the audit's attack names; amnesiac.audit re-exports this as QUANT)
+NAMED = {
+    "rtn8": dict(backend="rtn", bits=8, group=None, scheme="sym"),
+    "rtn4_g64": dict(backend="rtn", bits=4, group=64, scheme="sym"),
+    "rtn4_g128_asym": dict(backend="rtn", bits=4, group=128, scheme="asym"),
+    "rtn3_g64": dict(backend="rtn", bits=3, group=64, scheme="sym"),
+    "rtn2_g64": dict(backend="rtn", bits=2, group=64, scheme="sym"),
+    "hqq4": dict(backend="hqq", bits=4, group=64),
+    "quanto4": dict(backend="quanto", bits=4),
+    "quanto8": dict(backend="quanto", bits=8),
+    "torchao4": dict(backend="torchao", bits=4, group=32),
+    "bnb_nf4": dict(backend="bnb", bits=4, kind="nf4"),
+}
+GGUF_KINDS = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0")
+_RTN = re.compile(r"rtn(\d)(?:_(sym|asym))?(?:_(?:g(\d+)|ch))?(?:_(sym|asym))?")
+
+
+def quantizer_config(name: str) -> dict:
+    """get_quantizer kwargs for a quantizer name; unknown names raise ValueError listing the vocabulary."""
+    s = name.strip().lower()
+    if s in NAMED:
+        return dict(NAMED[s])
+    g = s.removeprefix("gguf_")
+    if g in GGUF_KINDS:
+        return dict(backend="gguf", kind=g)
+    m = _RTN.fullmatch(s)
+    if m and not (m.group(2) and m.group(4)):
+        return dict(backend="rtn", bits=int(m.group(1)), group=int(m.group(3)) if m.group(3) else None,
+                    scheme=m.group(2) or m.group(4) or "sym")
+    raise ValueError(f"unknown quantizer {name!r}; available: {', '.join(NAMED)}, "
+                     f"{', '.join(GGUF_KINDS)} (or gguf_<kind>), and RTN specs rtn<bits>[_sym|_asym][_g<group>|_ch]")
+
+
+def quantizer_from_name(name: str):
+    """The attack's own quantizer object for `name` (raises BackendMissing with an install hint)."""
+    from .backends import get_quantizer
+
+    return get_quantizer(**quantizer_config(name))
+
+
+def parse_names(spec: str | list[str] | tuple[str, ...] | None) -> list[str]:
+    """'q4_1,rtn8' or ['q4_1', 'rtn8'] → validated, de-duplicated, normalised names (order kept)."""
+    if spec is None:
+        return []
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    out: list[str] = []
+    for it in items:
+        s = str(it).strip().lower()
+        if not s:
+            continue
+        quantizer_config(s)
+        if s not in out:
+            out.append(s)
+    return out

@@ -1,0 +1,22 @@
+"""`amnesiac reproduce` verb group; each protocol module `<name>_cli.py` adds its command with register(sub)."""
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+PROTOCOLS = ["amnesiac.reproduce.tofu_cli", "amnesiac.reproduce.smollm2_cli"]
+
+
+def register(app: typer.Typer) -> None:
+    sub = typer.Typer(no_args_is_help=True, add_completion=False,
+                      help="Re-run a published protocol end to end on offline data/models (tofu, smollm2).")
+    for mod in PROTOCOLS:
+        try:
+            m = importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name == mod:
+                continue  # that protocol is not built yet
+            raise
+        m.register(sub)
+    app.add_typer(sub, name="reproduce")

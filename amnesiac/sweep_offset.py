@@ -1,0 +1,241 @@
+"""`amnesiac sweep --grid-offset`: recovery vs how far the target sits off the release grid (SCIENCE.md §1b).
+
+§1b measured that 4-bit re-quantization brings forgotten knowledge back when the target's weights sit on
+the release grid and not when the target is trained normally. This axis draws the curve in between.
+
+The off-grid target T_o (one per requested offset o, in steps Δ of the release grid, 0 ≤ o < 0.5):
+    T_o = Q(w) + s·o·Δ   for every weight of every Linear layer,
+where Q is the release grid (RTN 4-bit symmetric, group 64: demo.RELEASE_GRID), Δ the step of the weight's
+group and s = ±1 a sign drawn once per weight from `seed` (the same signs for every o, so the targets differ
+only in o). Two exceptions keep the grid itself fixed, since a symmetric grid is set by each group's absmax:
+the first weight of each group at |code| = qmax (the absmax) stays where it is, and the other weights at
+|code| = qmax move inward; all-zero groups stay. Then every other weight lies *exactly* o steps from its
+grid point, Q(T_o) = Q(w), and RTN.position measures it (reported per offset: mean, quantiles, share at o).
+
+Why this construction rather than "fine-tune a little off the grid": it sets the offset exactly and
+identically for every weight, so the x axis means one thing; a fine-tune spreads the offsets over [0, 0.5]
+by an amount that depends on its lr and steps (§1b's 0.14 / 0.38 figures are means of such spreads). The
+price: T_o is Q(w) plus structured noise of size o·Δ, which may cost the target some knowledge at larger o
+(the target's own recall is measured and plotted at each o, so that is visible).
+
+Each T_o is unlearned with one method / lr / step budget (cached), measured at full precision and at the
+requested bit widths (4 = re-quantized to the release grid), with the collapse diagnostic at 4 bits.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .io import hash_obj, read_json, versions, write_json
+from .sweep import BITS
+
+
+@dataclass
+class OffsetSweepConfig:
+    method: str = "npo_klr"
+    lr: float = 1e-4
+    offsets: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.2, 0.4])
+    bits: list[int] = field(default_factory=lambda: [16, 8, 4])
+    sure_percentile: float | None = None
+    robust_to: str | None = None  # quantization-aware runs (SCIENCE.md §2b): e.g. "rtn4_g64"
+    max_steps: int = 60
+    batch_size: int = 8
+    seed: int = 0
+
+    def check(self) -> None:
+        bad = [b for b in self.bits if b not in BITS]
+        if bad:
+            raise ValueError(f"unsupported bit widths {bad}; available: {sorted(BITS)} (16 = full precision)")
+        if not self.offsets or any(not 0 <= o < 0.5 for o in self.offsets):
+            raise ValueError(f"grid offsets must lie in [0, 0.5) steps (0.5 is a rounding tie); got {self.offsets}")
+        if self.lr <= 0:
+            raise ValueError(f"the learning rate must be positive, got {self.lr}")
+        if self.robust_to:
+            from .attacks.quant.spec import parse_names
+
+            parse_names(self.robust_to)
+
+
+def release_quantizer():
+    from .attacks.quant.backends import get_quantizer
+    from .demo import RELEASE_GRID
+
+    return get_quantizer(**RELEASE_GRID)
+
+
+@torch.no_grad()
+def offset_from_grid(model, quantizer, offset: float, seed: int = 0):
+    """A copy of `model` whose Linear weights sit `offset` steps off `quantizer`'s symmetric grid (module doc).
+    Returns (model, info) with info = realised_offset(...) of the result."""
+    from .attacks.quant.apply import select_weights
+    from .attacks.quant.rtn import group_view
+
+    if getattr(quantizer, "scheme", None) != "sym" or not hasattr(quantizer, "quantize"):
+        raise ValueError("the grid-offset construction needs a symmetric RTN grid (absmax sets the step); "
+                         f"got {getattr(quantizer, 'name', quantizer)!r}")
+    if not 0 <= offset < 0.5:
+        raise ValueError(f"offset must lie in [0, 0.5) steps, got {offset}")
+    m = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(seed)
+    qmax = 2 ** (quantizer.bits - 1) - 1
+    for _, w in select_weights(m):
+        R, C = w.shape
+        qt = quantizer.quantize(w)
+        codes = qt.codes.float()  # (R, G, g) grouped view, remainder group padded by its last column
+        sign = torch.randint(0, 2, (R, C), generator=gen).float() * 2 - 1
+        sign = group_view(sign, quantizer.group).clone()
+        edge = codes.abs() == qmax
+        sign = torch.where(edge, -torch.sign(codes), sign)  # absmax ties move inward ...
+        anchor = torch.zeros_like(edge)
+        anchor.scatter_(-1, codes.abs().argmax(-1, keepdim=True), True)  # ... but the first one stays: Δ is kept
+        zero_group = (codes == 0).all(-1, keepdim=True)
+        move = ~(anchor | zero_group)
+        new = qt.scale * (codes + torch.where(move, sign * offset, torch.zeros_like(sign)))
+        w.copy_(new.reshape(R, -1)[:, :C].to(w.dtype))
+    return m, realised_offset(m, quantizer, offset)
+
+
+@torch.no_grad()
+def realised_offset(model, quantizer, requested: float | None = None) -> dict:
+    """Distribution of each weight's distance to its nearest grid point, |pos − round(pos)| with
+    pos = RTN.position(w) (the grid recomputed from w itself, as a user re-quantizing would)."""
+    from .attacks.quant.apply import select_weights
+
+    offs = []
+    for _, w in select_weights(model):
+        pos = quantizer.position(w)
+        offs.append((pos - torch.round(pos)).abs().flatten())
+    off = torch.cat(offs).double().numpy()
+    q = np.quantile(off, [0.05, 0.5, 0.95])
+    info = {"n_weights": int(off.size), "mean": float(off.mean()), "p05": float(q[0]), "median": float(q[1]),
+            "p95": float(q[2]), "at_zero": float(np.mean(off < 1e-4))}
+    if requested is not None:
+        info["requested"] = requested
+        info["at_requested"] = float(np.mean(np.abs(off - requested) < 1e-4))
+    return info
+
+
+def build_offset_target(target: Path, offset: float, seed: int, out: Path, log=print) -> Path:
+    """T_o written once (cached by source model, offset and seed) with offset.json holding the measurement."""
+    from .models import load_model, save_model
+
+    dst = out / "targets" / f"offset{offset:g}-{hash_obj({'t': str(target), 'o': offset, 's': seed}, 8)}"
+    if (dst / "offset.json").exists():
+        return dst
+    log(f"[sweep] target {offset:g} steps off the release grid")
+    m, tok = load_model(target, device="cpu")
+    q = release_quantizer()
+    mo, realised = offset_from_grid(m, q, offset, seed)
+    save_model(mo, tok, dst)
+    write_json(dst / "offset.json", {"source": str(target), "offset": offset, "seed": seed,
+                                     "grid": q.config(), "realised": realised})
+    return dst
+
+
+def _recalls(model_dir: Path, tok, forget, retain, bits: list[int], cache_key: dict) -> dict:
+    from .audit import knowledge_at
+    from .models import load_model
+
+    cp = model_dir / "sweep_eval.json"
+    key = hash_obj({**cache_key, "bits": bits, "n_f": len(forget), "n_r": len(retain)})
+    ev = read_json(cp) if cp.exists() else None
+    if ev is None or ev.get("key") != key:
+        model, _ = load_model(model_dir, device="cpu")
+        ev = {"key": key, "bits": {}}
+        for b in bits:
+            k = knowledge_at(model, tok, forget, retain, BITS[b])
+            ev["bits"][str(b)] = {"forget_recall": float(np.mean(k["forget_em"])),
+                                  "retain_recall": float(np.mean(k["retain_em"]))}
+        write_json(cp, ev)
+    return ev
+
+
+def run_offset_sweep(target: str | Path, forget, retain, out: str | Path, cfg: OffsetSweepConfig | None = None,
+                     log=print) -> dict:
+    from .attacks.collapse import collapse_diagnostics
+    from .models import load_model
+    from .unlearn import unlearn
+
+    cfg = cfg or OffsetSweepConfig()
+    cfg.check()
+    if not forget:
+        raise ValueError("the forget set is empty")
+    out, target = Path(out), Path(target)
+    t0 = time.time()
+    q4 = release_quantizer()
+    rows = []
+    for o in cfg.offsets:
+        tdir = build_offset_target(target, o, cfg.seed, out, log)
+        opts = dict(method=cfg.method, lr=cfg.lr, max_steps=cfg.max_steps, schedule="constant",
+                    batch_size=cfg.batch_size, seed=cfg.seed, progress=False)
+        if cfg.sure_percentile is not None:
+            opts["sure_percentile"] = cfg.sure_percentile
+        if cfg.robust_to:
+            opts["robust_to"] = cfg.robust_to
+        udir = out / "models" / f"offset{o:g}-{hash_obj({'t': str(tdir), **opts}, 8)}"
+        if not (udir / "unlearn.json").exists():
+            log(f"[sweep] {cfg.method} at lr {cfg.lr:g} on the target {o:g} steps off the grid")
+            unlearn(str(tdir), forget, retain, out=udir, overwrite=True, **opts)
+        tmodel, tok = load_model(tdir, device="cpu")
+        ev_t = _recalls(tdir, tok, forget, retain, cfg.bits, {"model": "target"})
+        ev_u = _recalls(udir, tok, forget, retain, cfg.bits, {"model": "unlearned"})
+        cp = udir / "collapse.json"
+        if not cp.exists():
+            umodel, _ = load_model(udir, device="cpu")
+            d = collapse_diagnostics(tmodel, umodel, q4)["overall"]
+            write_json(cp, {k: d[k] for k in ("collapse_rate", "value_identical", "drift_kept", "mean_abs_dw_over_step")})
+        col = read_json(cp)
+        realised = read_json(tdir / "offset.json")["realised"]
+        for b in cfg.bits:
+            u, t = ev_u["bits"][str(b)], ev_t["bits"][str(b)]
+            rows.append({"offset": o, "bits": b, "forget_recall": u["forget_recall"], "retain_recall": u["retain_recall"],
+                         "target_forget_recall": t["forget_recall"], "target_retain_recall": t["retain_recall"],
+                         "collapse_rate_4bit": col["collapse_rate"], "drift_kept_4bit": col["drift_kept"],
+                         "mean_abs_dw_over_4bit_step": col["mean_abs_dw_over_step"],
+                         "realised_offset_mean": realised["mean"], "realised_at_requested": realised["at_requested"],
+                         "target": str(tdir), "model": str(udir)})
+    summary = {"schema": "amnesiac.sweep_offset/1", "config": cfg.__dict__, "source_target": str(target),
+               "release_grid": q4.config(), "rows": rows, "seed": cfg.seed, "versions": versions(),
+               "wall_s": round(time.time() - t0, 1)}
+    write_json(out / "summary.json", summary)
+    _plots(summary, out)
+    return summary
+
+
+def _plots(summary: dict, out: Path) -> None:
+    from .report import Section, plots, write_report
+
+    rows, m = summary["rows"], summary["config"]["method"]
+    lr = summary["config"]["lr"]
+    name = {16: "full precision"}
+    fseries: dict[str, list] = {"target, full precision": sorted({(r["offset"], r["target_forget_recall"])
+                                                                  for r in rows if r["bits"] == 16})}
+    for r in rows:
+        lab = name.get(r["bits"], f"{r['bits']}-bit" + (" (release grid)" if r["bits"] == 4 else ""))
+        fseries.setdefault(f"unlearned, {lab}", []).append((r["offset"], r["forget_recall"]))
+    coll = {"4-bit codes unchanged (unlearned vs target)": sorted({(r["offset"], r["collapse_rate_4bit"]) for r in rows})}
+    fig_f = plots.lines_by_x(fseries, "target's offset from the release grid (steps)", "forget recall",
+                             f"{m} (lr {lr:g}): forget recall vs grid offset")
+    fig_c = plots.lines_by_x(coll, "target's offset from the release grid (steps)", "collapse rate",
+                             "codes unchanged at 4 bits", ylim=None)
+    (out / "sweep_offset_forget.png").write_bytes(fig_f)
+    (out / "sweep_offset_collapse.png").write_bytes(fig_c)
+    table = [["offset (requested / measured mean)", "bits", "forget recall (target → unlearned)",
+              "retain recall (target → unlearned)", "codes unchanged 4b", "drift kept 4b"]]
+    table += [[f"{r['offset']:g} / {r['realised_offset_mean']:.3f}", str(r["bits"]),
+               f"{r['target_forget_recall']:.2f} → {r['forget_recall']:.2f}",
+               f"{r['target_retain_recall']:.2f} → {r['retain_recall']:.2f}", f"{100 * r['collapse_rate_4bit']:.1f}%",
+               "-" if r["drift_kept_4bit"] is None else f"{r['drift_kept_4bit']:.2f}"] for r in rows]
+    text = ("Each target is the source target rounded onto the release grid (RTN 4-bit sym g64) with every weight "
+            "then moved o steps off it in a seeded random direction (group absmax anchors kept, so the grid is "
+            "unchanged); 'measured mean' is the mean distance to the nearest grid point from RTN.position, which "
+            "includes the anchors at 0.")
+    write_report(out, f"amnesiac sweep: {m} vs grid offset",
+                 [Section("Grid-offset sweep", text, table, [("forget recall vs grid offset", fig_f),
+                                                             ("collapse rate vs grid offset", fig_c)])],
+                 stem="sweep_offset")

@@ -1,0 +1,66 @@
+"""`amnesiac demo` wall time, cold and warm, on this machine.
+
+usage: python benchmarks/demo_time.py [--threads 2] [--warm-only --home DIR] [--out ...] [-- extra demo options]
+
+cold: a fresh, empty $AMNESIAC_HOME in a temp dir, so the tiny models are prepared (tokenizer, base, target,
+      retrained: the bulk of the time), then every unlearning run, quantization and metric is computed;
+warm: the same command again with the same $AMNESIAC_HOME and output folder, so everything comes from caches.
+Each run is `python -m amnesiac.cli demo --out OUT` in a subprocess (what `make demo` runs), timed end to end.
+With --warm-only --home DIR, only the warm run is timed against an existing home (e.g. ~/.cache/amnesiac).
+The demo uses both cores for minutes: run it alone (flock /tmp/amnesiac_cpu.lock python benchmarks/demo_time.py).
+"""
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _machine import machine  # noqa: E402
+
+
+def timed_demo(home: Path, out: Path, threads: int, extra: list[str]) -> dict:
+    env = {**os.environ, "AMNESIAC_HOME": str(home), "OMP_NUM_THREADS": str(threads)}
+    cmd = [sys.executable, "-m", "amnesiac.cli", "demo", "--out", str(out), *extra]
+    t = time.perf_counter()
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if r.returncode != 0:
+        raise SystemExit(f"demo failed (exit {r.returncode}):\n{r.stderr[-3000:]}")
+    return {"wall_s": round(wall, 2), "command": " ".join(cmd[1:]), "stdout_tail": r.stdout.splitlines()[-5:]}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--warm-only", action="store_true")
+    ap.add_argument("--home", default=None, help="existing AMNESIAC_HOME for --warm-only")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "demo_time-cpu.json"))
+    ap.add_argument("extra", nargs="*", help="extra `amnesiac demo` options (after --)")
+    a = ap.parse_args()
+    if a.warm_only and not a.home:
+        ap.error("--warm-only needs --home (a prepared AMNESIAC_HOME)")
+    import torch
+
+    torch.set_num_threads(a.threads)  # recorded by machine(); the demo subprocess gets OMP_NUM_THREADS
+    rec = {"benchmark": "demo_time", "threads": a.threads, "extra_options": a.extra}
+    with tempfile.TemporaryDirectory(prefix="demo_time-") as d:
+        home = Path(a.home) if a.warm_only else Path(d) / "home"
+        out = Path(d) / "demo"
+        if not a.warm_only:
+            rec["cold"] = timed_demo(home, out, a.threads, a.extra)
+            print(f"cold: {rec['cold']['wall_s']:.1f} s", flush=True)
+        rec["warm"] = timed_demo(home, out, a.threads, a.extra)
+        print(f"warm: {rec['warm']['wall_s']:.1f} s", flush=True)
+    rec.update(machine=machine(), when=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    from amnesiac.io import write_json
+
+    write_json(a.out, rec)
+    print("wrote", a.out)
+
+
+if __name__ == "__main__":
+    main()
