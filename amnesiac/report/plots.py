@@ -55,10 +55,14 @@ def lines_by_x(series: dict[str, list[tuple[float, float]]], xlabel: str, ylabel
                logx: bool = False, ylim: tuple[float, float] | None = (0, 1.05)) -> bytes:
     """One line per series name: [(x, y), ...]."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.5, 3.4))
-    for name, pts in series.items():
+    many = len(series) > 10  # the default cycle repeats after 10 colours: use tab20 and the legend outside
+    fig, ax = plt.subplots(figsize=(7.5, 3.6) if many else (5.5, 3.4))
+    colors = plt.get_cmap("tab20").colors if many else [None] * len(series)
+    styles = {"_SURE": "--", "_ROBUST": ":"}  # variants of one method share its colour family, differ by dash
+    for (name, pts), col in zip(series.items(), colors):
         pts = sorted(pts)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+        ls = next((v for k, v in styles.items() if name.upper().endswith(k)), "-")
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name, color=col, linestyle=ls)
     if logx:
         ax.set_xscale("log")
     if ylim:
@@ -66,7 +70,10 @@ def lines_by_x(series: dict[str, list[tuple[float, float]]], xlabel: str, ylabel
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    if many:
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    else:
+        ax.legend(fontsize=8)
     return _fig_bytes(fig)
 
 
@@ -93,5 +100,8 @@ def roc(curves: dict[str, tuple[list[float], list[float], float]], title: str = 
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    if many:
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    else:
+        ax.legend(fontsize=8)
     return _fig_bytes(fig)
