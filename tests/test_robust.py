@@ -208,3 +208,14 @@ def test_sweep_configs_validate_robust_names():
     for cfg in (SweepConfig(robust_to="q9_9"), OffsetSweepConfig(robust_to="int3")):
         with pytest.raises(ValueError, match="unknown quantizer"):
             cfg.check()
+
+
+def test_smollm2_protocol_has_robust_recipes():
+    from amnesiac.reproduce.smollm2 import SmolConfig, recipes
+
+    names = {r["name"]: r for r in recipes(SmolConfig(robust=True, robust_lr=1e-4, robust_steps=16))}
+    assert set(names) == {"GA_GDR", "GA_GDR_SURE", "GA_GDR_ROBUST", "NPO_KLR", "NPO_KLR_SURE", "NPO_KLR_ROBUST"}
+    r = names["NPO_KLR_ROBUST"]
+    assert (r["robust_to"], r["lr"], r["steps"], r["sure_percentile"]) == ("q4_1", 1e-4, 16, None)
+    assert "robust_to" not in names["NPO_KLR"] and not any(n.endswith("_ROBUST") for n in
+                                                          (x["name"] for x in recipes(SmolConfig())))

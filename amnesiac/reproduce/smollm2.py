@@ -75,7 +75,7 @@ class SmolConfig:
             raise ReproduceError(f"unknown precision(s) {bad}; available: {', '.join(PRECISIONS)}")
         if "fp" not in self.precisions or RELEASE not in self.precisions:
             raise ReproduceError(f"precisions must include fp and the release format {RELEASE}")
-        if self.steps < 1 or self.sure_steps < 1 or any(s < 1 for s in self.sweep_steps):
+        if self.steps < 1 or self.sure_steps < 1 or self.robust_steps < 1 or any(s < 1 for s in self.sweep_steps):
             raise ReproduceError("step budgets must be ≥ 1")
 
 

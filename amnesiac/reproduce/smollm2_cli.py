@@ -31,6 +31,9 @@ def register(sub: typer.Typer) -> None:
                     steps: int = typer.Option(8, help="small-update recipe: optimizer steps"),
                     sure_lr: float = typer.Option(1e-4, help="SURE learning rate"),
                     sure_steps: int = typer.Option(8, help="SURE optimizer steps"),
+                    robust: bool = typer.Option(False, help="also run quantization-aware *_ROBUST variants (trained through Q4_1)"),
+                    robust_lr: float = typer.Option(1e-3, help="*_ROBUST learning rate"),
+                    robust_steps: int = typer.Option(16, help="*_ROBUST optimizer steps"),
                     precisions: str = typer.Option("fp,q4_1,gguf_q4_1,q4_0,q8_0,rtn8,rtn4_g128,hqq4", help="comma-separated; gguf_q4_1 = the release file format (Linear Q4_1 + embedding Q8_0)"),
                     sweep: bool = typer.Option(True, help="run the lr × steps sweep"),
                     sweep_lrs: str = typer.Option("1e-4,3e-4,1e-3", help="sweep learning rates (lr 1e-5 is the main table's small-update row)"),
@@ -51,7 +54,8 @@ def register(sub: typer.Typer) -> None:
         c = Console()
         cfg = SmolConfig(model=str(model) if model else None, facts=str(facts) if facts else None, seed=seed, forget=forget, utility=utility,
                          methods=tuple(m.strip() for m in methods.split(",") if m.strip()), sure=sure, lr=lr,
-                         steps=steps, sure_lr=sure_lr, sure_steps=sure_steps,
+                         steps=steps, sure_lr=sure_lr, sure_steps=sure_steps, robust=robust, robust_lr=robust_lr,
+                         robust_steps=robust_steps,
                          precisions=tuple(p.strip() for p in precisions.split(",") if p.strip()), sweep=sweep,
                          sweep_lrs=_floats(sweep_lrs), sweep_steps=_ints(sweep_steps),
                          max_retain_eval=max_retain_eval, max_utility_eval=max_utility_eval)
