@@ -99,4 +99,7 @@ def test_finetune_resumes_and_respects_the_budget(tofu_available, tmp_path):
     info2 = M.finetune(paths["base"], ex, paths["target"], 2, part["ft_lr"], part["batch_size"], part["seed"] + 1,
                        None, log=lambda *_: None, desc="target")
     assert info2["epochs_done"] == 2 and not info2["cut_by_budget"] and len(info2["log"]) == 2
-    assert info2["log"][0] == info["log"][0]  # epoch 1 was not redone
+    def untimed(rec):  # wall-clock fields differ between runs (and under load); the rest is deterministic
+        return {k: v for k, v in rec.items() if k != "elapsed_s"}
+
+    assert untimed(info2["log"][0]) == untimed(info["log"][0])  # epoch 1 was not redone (same loss, same steps)
