@@ -178,8 +178,11 @@ def save_quantized(model, tok, out, names: list[str], log=None) -> dict:
 
             try:
                 entry["gguf"] = str(write_gguf(model, tok, d / f"model-{n}.gguf", ftype=cfg["kind"]))
-            except (ValueError, NotImplementedError) as e:  # e.g. an architecture the writer does not cover
+            except (ValueError, NotImplementedError) as e:  # an architecture gguf_io cannot write: say so, keep the HF dir
                 entry["gguf_error"] = str(e)
+                import warnings
+
+                warnings.warn(f"quantized model saved as an HF dir, but no .gguf was written for {n}: {e}")
                 if log:
                     log(f"no .gguf written for {n}: {e}")
         written[n] = entry
