@@ -17,6 +17,17 @@ PLUGINS = ["amnesiac.unlearn.cli", "amnesiac.attacks.cli", "amnesiac.metrics.cli
            "amnesiac.models.cli", "amnesiac.reproduce.cli"]
 
 
+@app.callback()
+def _global(threads: Optional[int] = typer.Option(
+        None, "--threads", min=1, help="torch intra-op threads (default: 1 for models under 50 M parameters, "
+        "else one per physical core; OMP_NUM_THREADS / AMNESIAC_THREADS are honoured)")):
+    """amnesiac: did the model really forget, or does the knowledge come back?"""
+    from .core import threads as th
+
+    th.set_requested(threads)
+    th.configure()
+
+
 @app.command("ls")
 def ls(kind: Optional[str] = typer.Argument(None, help="datasets | metrics | unlearn_methods | regularizers | attacks (default: all)")):
     """List what is registered: data sets, metrics, unlearning methods, regularisers, attacks."""

@@ -90,9 +90,66 @@ def versions() -> dict[str, str]:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
             pass
+    from .core import threads
+
+    out["torch_threads"] = threads.record()
     return out
 
 
 def amnesiac_home() -> Path:
     """Cache root: $AMNESIAC_HOME or ~/.cache/amnesiac."""
     return Path(os.environ.get("AMNESIAC_HOME", Path.home() / ".cache" / "amnesiac")).expanduser()
+
+
+# Files that decide what a model computes (weights, architecture, tokenizer, adapter); logs beside them
+# (unlearn.json, wall times) are left out so that re-writing a log does not invalidate a cache.
+_MODEL_FILES = ("*.safetensors", "*.gguf", "config.json", "generation_config.json", "tokenizer*.json",
+                "tokenizer.model", "special_tokens_map.json", "adapter_config.json", "chat_template.jinja",
+                "vocab.json", "merges.txt")
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def _digest_index() -> Path:
+    return amnesiac_home() / "digests.json"
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """sha256 of a file, read once: remembered (in memory and in $AMNESIAC_HOME/digests.json) by
+    absolute path, size and mtime, so a rewritten file is hashed again and an unchanged one never is."""
+    p = Path(path).resolve()
+    st = p.stat()
+    key = (str(p), st.st_size, st.st_mtime_ns)
+    if key in _DIGESTS:
+        return _DIGESTS[key]
+    idx_path = _digest_index()
+    try:
+        idx = json.loads(idx_path.read_text()) if idx_path.exists() else {}
+    except (OSError, ValueError):  # a damaged index is only a cache: start a new one
+        idx = {}
+    rec = idx.get(str(p))
+    if rec and rec.get("size") == st.st_size and rec.get("mtime_ns") == st.st_mtime_ns:
+        digest = rec["sha256"]
+    else:
+        digest = sha256_file(p)
+        idx[str(p)] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
+        try:
+            write_json(idx_path, idx)
+        except OSError:  # read-only home: the in-memory memo still applies
+            pass
+    _DIGESTS[key] = digest
+    return digest
+
+
+def content_key(path: str | os.PathLike, n: int = 16) -> str:
+    """What a model *is*, not where it lies: a hash of its weight, config and tokenizer files' contents
+    (a `.gguf` or other single file: that file). Two folders with identical files get one key; a model
+    re-written at the same path gets a new one."""
+    p = Path(path)
+    if p.is_file():
+        return file_digest(p)[:n]
+    if not p.is_dir():
+        raise FileNotFoundError(f"{p}: no such model directory or file")
+    files = sorted({f for pat in _MODEL_FILES for f in p.glob(pat) if f.is_file()})
+    if not files:
+        raise FileNotFoundError(f"{p}: no weight or config files to identify the model by")
+    return hash_obj([[f.name, file_digest(f)] for f in files], n)

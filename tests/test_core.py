@@ -76,3 +76,24 @@ def test_stop_strings_cut_output(trained_tiny, tok, qa_people):
     out = generate_greedy(trained_tiny, tok, [qa_prompt(qa_people["retain"][0].question)], max_new_tokens=12,
                           stop_strings=["\n"])
     assert "\n" not in out[0]
+
+
+def test_content_key_follows_content_not_path(tmp_path, monkeypatch):
+    import os
+
+    from amnesiac.io import content_key
+
+    monkeypatch.setenv("AMNESIAC_HOME", str(tmp_path / "home"))
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        d.mkdir()
+        (d / "config.json").write_text('{"x": 1}')
+        (d / "model.safetensors").write_bytes(b"weights")
+        (d / "unlearn.json").write_text("log")
+    assert content_key(a) == content_key(b)
+    (b / "unlearn.json").write_text("another log")  # logs do not identify the model
+    assert content_key(a) == content_key(b)
+    (b / "model.safetensors").write_bytes(b"weights2")  # same path, new content → new key
+    os.utime(b / "model.safetensors", ns=(1, 1))
+    assert content_key(a) != content_key(b)
+    assert (tmp_path / "home" / "digests.json").exists()

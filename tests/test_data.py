@@ -65,7 +65,8 @@ def test_load_dataset_specs():
         load_dataset("nope:forget10")
 
 
-def test_tofu_loader_reads_shared_copy():
+def test_tofu_loader_reads_packaged_copy(monkeypatch):
+    monkeypatch.delenv("AMNESIAC_TOFU_DIR", raising=False)
     f = load_dataset("tofu:forget10")
     assert len(f) == 400 and len(f[0].perturbed_answers) == 5 and f[0].paraphrased_answer
     ra = load_dataset("tofu:real_authors")

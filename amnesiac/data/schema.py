@@ -76,7 +76,13 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     if path.is_dir():
         raise DataError(f"{path}: is a directory, expected a .jsonl file")
     rows: list[dict[str, Any]] = []
-    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".gz":  # the shipped TOFU copy is gzip-compressed JSONL
+        import gzip
+
+        with gzip.open(path, "rt", encoding="utf-8") as fh:
+            text = fh.read()
+    else:
+        text = path.read_text(encoding="utf-8")
     stripped = text.lstrip()
     if stripped.startswith("["):  # a JSON array file is accepted too (many repos ship those)
         try:

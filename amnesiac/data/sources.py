@@ -40,28 +40,32 @@ def build_bios(cfg: dict | None = None, out: Path | None = None) -> Path:
     return out
 
 
+TOFU_PACKAGED = Path(__file__).resolve().parent / "tofu"  # the copy shipped in the package (MIT, see its README)
+
+
 def tofu_dir() -> Path:
-    """The TOFU copy: $AMNESIAC_TOFU_DIR, else a `shared/data/tofu` next to or above the working dir."""
+    """The TOFU copy: $AMNESIAC_TOFU_DIR when set, else the one shipped inside the package."""
     env = os.environ.get("AMNESIAC_TOFU_DIR")
     if env:
-        return Path(env)
-    here = Path.cwd().resolve()
-    repo = Path(__file__).resolve().parents[2]  # a source checkout: shared/ lies beside the repository
-    for base in [here, *here.parents, repo, *repo.parents]:
-        for cand in (base / "shared" / "data" / "tofu", base / "data" / "tofu"):
-            if (cand / "full.jsonl").exists():
-                return cand
-    raise DataError("TOFU data not found: set AMNESIAC_TOFU_DIR to the folder holding full.jsonl, forget10.jsonl, ...")
+        d = Path(env)
+        if not d.is_dir():
+            raise DataError(f"AMNESIAC_TOFU_DIR={env}: no such folder; unset it to use the TOFU copy shipped with amnesiac")
+        return d
+    return TOFU_PACKAGED
 
 
 def _tofu_file(split: str) -> Path:
+    if split not in TOFU_SPLITS:
+        raise DataError(f"unknown TOFU split {split!r}; available: {', '.join(TOFU_SPLITS)}")
     d = tofu_dir()
     name = {"retain": "retain_perturbed"}.get(split, split)
-    # The *_perturbed files carry paraphrased/perturbed answers (same rows, same order), prefer them.
-    for cand in (d / f"{name}_perturbed.jsonl", d / f"{name}.jsonl"):
-        if cand.exists():
-            return cand
-    raise DataError(f"TOFU split {split!r} not found in {d}; available: {', '.join(TOFU_SPLITS)}")
+    # The *_perturbed files carry paraphrased/perturbed answers (same rows, same order), prefer them;
+    # a user's folder may hold plain .jsonl, the package holds .jsonl.gz.
+    for stem in (f"{name}_perturbed", name):
+        for ext in (".jsonl", ".jsonl.gz"):
+            if (d / f"{stem}{ext}").exists():
+                return d / f"{stem}{ext}"
+    raise DataError(f"TOFU split {split!r} not found in {d} (expected {name}.jsonl or {name}.jsonl.gz)")
 
 
 @register("datasets", "bios")
@@ -76,7 +80,7 @@ def bios_source(split: str) -> list[QAItem]:
 
 @register("datasets", "tofu")
 def tofu_source(split: str) -> list[QAItem]:
-    """TOFU (Maini et al. 2024), the real benchmark copy in shared/data/tofu."""
+    """TOFU (Maini et al. 2024), the real benchmark, shipped with the package (MIT)."""
     return load_qa_jsonl(_tofu_file(split))
 
 

@@ -93,6 +93,9 @@ def load_model(path: str | Path, device: str | None = "auto", dtype: str | None 
     if not device_map:
         model.to(resolve_device(device))
     model.eval()
+    from ..core import threads
+
+    threads.configure(model)
     return model, load_tokenizer(p, trust_remote_code)
 
 

@@ -87,7 +87,11 @@ def build_llama(arch: dict, tok):
                       num_key_value_heads=arch["num_attention_heads"], max_position_embeddings=512,
                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
                       tie_word_embeddings=False, rms_norm_eps=1e-5)
-    return LlamaForCausalLM(cfg)
+    from ..core import threads
+
+    model = LlamaForCausalLM(cfg)
+    threads.configure(model)
+    return model
 
 
 def _people_examples(tok, people, rng, renders: int, qa: bool, all_questions: bool):
