@@ -1,6 +1,8 @@
 """The shared core: log-probs against a hand computation, batched generation against one-at-a-time."""
 import math
 
+import numpy as np
+
 import torch
 
 from amnesiac.core import generate_greedy, score_pairs, score_texts, token_logprobs
@@ -97,3 +99,44 @@ def test_content_key_follows_content_not_path(tmp_path, monkeypatch):
     os.utime(b / "model.safetensors", ns=(1, 1))
     assert content_key(a) != content_key(b)
     assert (tmp_path / "home" / "digests.json").exists()
+
+
+def test_chunked_logprobs_equal_full_softmax_and_keep_gradients(monkeypatch):
+    import torch
+
+    from amnesiac.core import logprobs as L
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 7, 11, generator=g, requires_grad=True)
+    ids = torch.randint(0, 11, (3, 7), generator=g)
+    mask = (torch.rand(3, 7, generator=g) > 0.3).long()
+    monkeypatch.setattr(L, "LOGSOFTMAX_CHUNK", 2)  # several chunks
+    lp, mu, sd = L.token_logprobs(logits, ids, mask, with_stats=True)
+    ref = torch.log_softmax(logits[:, :-1].float(), -1)
+    want = ref.gather(-1, ids[:, 1:, None]).squeeze(-1) * mask[:, 1:]
+    assert torch.allclose(lp, want, atol=1e-6)
+    p = ref.exp()
+    want_mu = (p * ref).sum(-1) * mask[:, 1:]
+    assert torch.allclose(mu, want_mu, atol=1e-6)
+    lp.sum().backward()
+    assert logits.grad is not None and logits.grad.abs().sum() > 0
+
+
+def test_scoring_splits_batches_to_the_logit_budget(tiny_model, tok, monkeypatch):
+    from amnesiac.core import logprobs as L
+
+    texts = ["one two three four five six", "four", "seven eight nine"]
+    full = L.score_texts(tiny_model, tok, texts, batch_size=3)
+    monkeypatch.setattr(L, "LOGIT_BUDGET_BYTES", 1)  # one row per forward pass
+    calls = []
+    orig = tiny_model.forward
+
+    def counting(*a, **k):
+        calls.append(1)
+        return orig(*a, **k)
+
+    monkeypatch.setattr(tiny_model, "forward", counting)
+    cut = L.score_texts(tiny_model, tok, texts, batch_size=3)
+    assert len(calls) == 3
+    for a, b in zip(full.token_logprobs, cut.token_logprobs):
+        assert np.allclose(a, b, atol=1e-5)

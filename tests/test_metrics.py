@@ -167,5 +167,44 @@ def test_bootstrap_helpers():
 def test_verbmem_gt_cut_counts_bos(tok):
     gt = "Oslo is a city with many companies, among them Veltrix. " * 5
     ids = tok(gt, add_special_tokens=False)["input_ids"]
+    assert tok(gt)["input_ids"][0] == tok.bos_token_id  # the tiny tokenizer adds BOS itself, as Llama's
     cut = muse.verbmem_gt_cut(tok, gt, 10)
     assert cut == tok.decode(ids[:9], skip_special_tokens=True, clean_up_tokenization_spaces=True)
+
+
+def _no_bos_tokenizer(tok):
+    """The same vocabulary without the BOS post-processor (as SmolLM2's / GPT-2's tokenizers behave)."""
+    import copy
+
+    from tokenizers import processors
+
+    t = copy.deepcopy(tok)
+    t.backend_tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    return t
+
+
+def test_no_forced_bos_when_the_tokenizer_adds_none(tok, tiny_model):
+    from amnesiac.core.generate import generate_greedy
+    from amnesiac.core.logprobs import encode_pairs, special_prefix
+
+    nob = _no_bos_tokenizer(tok)
+    assert special_prefix(tok) == [tok.bos_token_id] and special_prefix(nob) == []
+    gt = "Oslo is a city with many companies, among them Veltrix. " * 5
+    ids = nob(gt, add_special_tokens=False)["input_ids"]
+    # VerbMem's cut: 10 ids of the text itself (no BOS among them)
+    assert muse.verbmem_gt_cut(nob, gt, 10) == nob.decode(ids[:10], skip_special_tokens=True)
+    (seq, start), = encode_pairs(nob, ["Question: a\nAnswer:"], [" b"])
+    assert seq[0] != tok.bos_token_id and seq == nob("Question: a\nAnswer: b", add_special_tokens=True)["input_ids"][:len(seq)]
+    (seq_b, _), = encode_pairs(tok, ["Question: a\nAnswer:"], [" b"])
+    assert seq_b == [tok.bos_token_id] + seq
+    # generation conditions on exactly those ids: equal to a manual greedy loop on the un-prefixed prompt
+    import torch
+
+    p = "Question: a\nAnswer:"
+    ids_p = torch.tensor([nob(p)["input_ids"]])
+    with torch.no_grad():
+        for _ in range(3):
+            nxt = tiny_model(input_ids=ids_p).logits[0, -1].argmax()
+            ids_p = torch.cat([ids_p, nxt.view(1, 1)], 1)
+    _, gen = generate_greedy(tiny_model, nob, [p], max_new_tokens=3, return_ids=True)
+    assert gen[0][:3] == ids_p[0, -3:].tolist()[: len(gen[0][:3])]

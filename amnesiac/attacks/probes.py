@@ -42,11 +42,11 @@ def prompt_states(model, tok, prompts: list[str], batch_size: int = 32):
     """(N, L+1, H) float32 states at each prompt's last token, and whether the last entry is already
     normed (transformers applies the final norm before returning the last hidden state for Llama;
     checked at run time by comparing with the logits)."""
-    from ..core.logprobs import _bos
+    from ..core.logprobs import encode_text, special_prefix
 
     dev = _device_of(model)
-    bos = _bos(tok)
-    enc = [bos + tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    pre = special_prefix(tok)
+    enc = [encode_text(tok, p, prefix=pre) for p in prompts]
     pad, out, last_normed = pad_id_of(tok), [], None
     head = model.get_output_embeddings()
     for s in range(0, len(enc), batch_size):

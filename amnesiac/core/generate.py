@@ -11,7 +11,7 @@ from typing import Sequence
 
 import torch
 
-from .logprobs import _bos, _device_of, pad_id_of
+from .logprobs import _device_of, encode_text, pad_id_of, special_prefix
 
 
 def _cut_at_stops(text: str, stops: Sequence[str]) -> tuple[str, bool]:
@@ -31,6 +31,12 @@ def _cache_kwarg(model) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
+def _accepts(model, name: str) -> bool:
+    import inspect
+
+    return name in inspect.signature(type(model).forward).parameters
+
+
 def _cache_of(out):
     """The KV cache of a forward output (`cache` in transformers ≥ 5.2x, `past_key_values` before)."""
     c = out.get("cache") if hasattr(out, "get") else None
@@ -39,7 +45,7 @@ def _cache_of(out):
 
 @torch.no_grad()
 def generate_greedy(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 32,
-                    stop_strings: Sequence[str] = (), batch_size: int = 32, add_bos: bool = True,
+                    stop_strings: Sequence[str] = (), batch_size: int = 32, add_special_tokens: bool = True,
                     skip_special_tokens: bool = True, progress: bool = False,
                     return_ids: bool = False):
     """Greedy continuation of each prompt. Returns decoded texts (cut before the first stop string),
@@ -48,10 +54,10 @@ def generate_greedy(model, tokenizer, prompts: Sequence[str], max_new_tokens: in
     Decoding: `skip_special_tokens=True, clean_up_tokenization_spaces=True` (MUSE's settings, SCIENCE.md §5).
     """
     dev = _device_of(model)
-    bos = _bos(tokenizer) if add_bos else []
-    enc = [bos + tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    pre = special_prefix(tokenizer) if add_special_tokens else []
+    enc = [encode_text(tokenizer, p, prefix=pre) for p in prompts]
     if any(len(e) == 0 for e in enc):
-        raise ValueError("empty prompt with no BOS token: nothing to condition on")
+        raise ValueError("empty prompt and the tokenizer adds no special token: nothing to condition on")
     pad = pad_id_of(tokenizer)
     eos = tokenizer.eos_token_id
     order = sorted(range(len(enc)), key=lambda i: len(enc[i]))
@@ -63,6 +69,7 @@ def generate_greedy(model, tokenizer, prompts: Sequence[str], max_new_tokens: in
 
         starts = tqdm(starts, desc="generating", leave=False)
     cache_kw = _cache_kwarg(model)
+    keep_last = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
     was_training = model.training
     model.eval()
     try:
@@ -80,7 +87,8 @@ def generate_greedy(model, tokenizer, prompts: Sequence[str], max_new_tokens: in
             pos = (am.cumsum(-1) - 1).clamp_min(0)
             gen = torch.empty((B, 0), dtype=torch.long, device=dev)
             done = torch.zeros(B, dtype=torch.bool, device=dev)
-            out = model(input_ids=ids, attention_mask=am, position_ids=pos, use_cache=True)
+            # prefill: only the last position's logits are needed (a (B, T, V) tensor for long prompts otherwise)
+            out = model(input_ids=ids, attention_mask=am, position_ids=pos, use_cache=True, **keep_last)
             past = _cache_of(out)
             for step in range(max_new_tokens):
                 nxt = out.logits[:, -1].argmax(-1)

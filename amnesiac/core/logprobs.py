@@ -1,9 +1,11 @@
 """Per-token log-probabilities of continuations, batched and padding-masked (written once).
 
 Shapes: B = batch, T = padded sequence length, V = vocabulary.
-A pair (prompt, continuation) is encoded as [BOS] + ids(prompt) + ids(continuation); only the
-continuation tokens are scored (labels mask). For raw text the "prompt" is empty and every token
-after BOS is scored (MUSE PrivLeak, SCIENCE.md §5).
+A pair (prompt, continuation) is encoded as prefix + ids(prompt) + ids(continuation), where prefix
+holds the special tokens the tokenizer itself puts before a text (`special_prefix`: [BOS] for Llama and
+the tiny models, nothing for SmolLM2 or GPT-2) — never a BOS the tokenizer would not add, as MUSE's
+and TOFU's reference code tokenize (SCIENCE.md §5). Only the continuation tokens are scored (labels
+mask). For raw text the "prompt" is empty and every token after the first is scored (PrivLeak).
 """
 from __future__ import annotations
 
@@ -21,11 +23,30 @@ class Encoded:
     labels_mask: torch.Tensor  # (B, T) 1 where the token is a scored continuation token
 
 
-def _bos(tokenizer) -> list[int]:
-    return [tokenizer.bos_token_id] if getattr(tokenizer, "bos_token_id", None) is not None else []
+def special_prefix(tokenizer) -> list[int]:
+    """The ids `tokenizer(text)` puts before the text's own tokens (its post-processor: a BOS for Llama-style
+    tokenizers, none for GPT-2/SmolLM2-style ones). Trailing specials (an EOS some tokenizers append) are
+    not part of a prompt and are left out. Not cached on the tokenizer: a copied and edited tokenizer
+    must not inherit a stale answer (callers compute it once per batch call)."""
+    probe = "a b"
+    full = list(tokenizer(probe, add_special_tokens=True)["input_ids"])
+    bare = list(tokenizer(probe, add_special_tokens=False)["input_ids"])
+    prefix: list[int] = []
+    for k in range(len(full) - len(bare) + 1):
+        if full[k:k + len(bare)] == bare:
+            return full[:k]
+    return []
 
 
-def encode_pairs(tokenizer, prompts: Sequence[str], continuations: Sequence[str], add_bos: bool = True,
+def encode_text(tokenizer, text: str, add_special_tokens: bool = True, prefix: list[int] | None = None) -> list[int]:
+    """ids of `text` with the tokenizer's own leading special tokens (see special_prefix; pass `prefix`
+    when encoding many texts)."""
+    if prefix is None:
+        prefix = special_prefix(tokenizer) if add_special_tokens else []
+    return list(prefix) + (tokenizer(text, add_special_tokens=False)["input_ids"] if text else [])
+
+
+def encode_pairs(tokenizer, prompts: Sequence[str], continuations: Sequence[str], add_special_tokens: bool = True,
                  max_length: int | None = None) -> list[tuple[list[int], int]]:
     """Token ids of each prompt+continuation and the index where the continuation starts.
 
@@ -33,10 +54,10 @@ def encode_pairs(tokenizer, prompts: Sequence[str], continuations: Sequence[str]
     ones generation would produce after this prompt."""
     if len(prompts) != len(continuations):
         raise ValueError(f"{len(prompts)} prompts but {len(continuations)} continuations")
-    bos = _bos(tokenizer) if add_bos else []
     out = []
+    pre = special_prefix(tokenizer) if add_special_tokens else []
     for p, c in zip(prompts, continuations):
-        pid = bos + (tokenizer(p, add_special_tokens=False)["input_ids"] if p else [])
+        pid = encode_text(tokenizer, p, prefix=pre)
         cid = tokenizer(c, add_special_tokens=False)["input_ids"]
         if not cid:
             raise ValueError(f"continuation {c!r} encodes to no tokens")
@@ -66,23 +87,43 @@ def collate(seqs: list[tuple[list[int], int]], pad_id: int) -> Encoded:
     return Encoded(ids, am, lm)
 
 
+LOGSOFTMAX_CHUNK = 1024  # positions per float32 log-softmax: memory chunk·V·4 bytes, not B·T·V·4
+LOGIT_BUDGET_BYTES = 1 << 30  # a forward pass returns (b, T, V) logits: rows per pass are cut to fit this
+
+
 def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, labels_mask: torch.Tensor,
                    with_stats: bool = False):
     """log p(x_t | x_<t) for every position t ≥ 1, zeroed where labels_mask is 0.
 
     logits (B, T, V) → returns lp (B, T-1) [and μ_t, σ_t (B, T-1) of the predictive distribution,
-    for Min-K%++: μ = Σ_v p log p, σ² = Σ_v p (log p)² − μ², SCIENCE.md §5]."""
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, T-1, V)
-    tgt = input_ids[:, 1:]
-    lp = logp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
-    mask = labels_mask[:, 1:].to(lp.dtype)
-    lp = lp * mask
+    for Min-K%++: μ = Σ_v p log p, σ² = Σ_v p (log p)² − μ², SCIENCE.md §5]. Only the scored positions
+    are normalised, LOGSOFTMAX_CHUNK at a time in float32, so no (B, T, V) float32 copy is ever made."""
+    B, T = input_ids.shape
+    sel = labels_mask[:, 1:].bool()  # (B, T-1)
+    rows = sel.nonzero(as_tuple=True)
+    tgt = input_ids[:, 1:][rows]  # (N,)
+    n = tgt.numel()
+    lp_sel = torch.empty(n, dtype=torch.float32, device=logits.device)
+    mu_sel = torch.empty_like(lp_sel) if with_stats else None
+    sd_sel = torch.empty_like(lp_sel) if with_stats else None
+    for a in range(0, n, LOGSOFTMAX_CHUNK):
+        b = min(n, a + LOGSOFTMAX_CHUNK)
+        chunk = logits[rows[0][a:b], rows[1][a:b]].float()  # (c, V): positions t predict token t+1
+        logp = torch.log_softmax(chunk, dim=-1)
+        lp_sel[a:b] = logp.gather(-1, tgt[a:b, None]).squeeze(-1)
+        if with_stats:
+            p = logp.exp()
+            mu = (p * logp).sum(-1)
+            mu_sel[a:b] = mu
+            sd_sel[a:b] = ((p * logp.pow(2)).sum(-1) - mu.pow(2)).clamp_min(0).sqrt()
+    def scatter(v):
+        out = torch.zeros((B, T - 1), dtype=torch.float32, device=logits.device)
+        out[rows] = v
+        return out
+    lp = scatter(lp_sel)
     if not with_stats:
         return lp
-    p = logp.exp()
-    mu = (p * logp).sum(-1)
-    var = (p * logp.pow(2)).sum(-1) - mu.pow(2)
-    return lp, mu * mask, var.clamp_min(0).sqrt() * mask
+    return lp, scatter(mu_sel), scatter(sd_sel)
 
 
 def scored_log_softmax(logits: torch.Tensor, labels_mask: torch.Tensor) -> torch.Tensor:
@@ -120,6 +161,12 @@ def _device_of(model) -> torch.device:
     return next(model.parameters()).device
 
 
+def _vocab_size(model) -> int:
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    w = getattr(head, "weight", None)
+    return int(w.shape[0]) if w is not None else int(getattr(model.config, "vocab_size", 32000))
+
+
 @torch.no_grad()
 def score_encoded(model, seqs: list[tuple[list[int], int]], pad_id: int, batch_size: int = 32,
                   with_stats: bool = False, with_argmax: bool = False, progress: bool = False) -> ScoredBatch:
@@ -130,13 +177,19 @@ def score_encoded(model, seqs: list[tuple[list[int], int]], pad_id: int, batch_s
     res_mu: list = [None] * len(seqs)
     res_sd: list = [None] * len(seqs)
     res_am: list = [None] * len(seqs)
-    starts = range(0, len(order), batch_size)
+    vocab = _vocab_size(model)
+    batches = []
+    for s in range(0, len(order), batch_size):
+        idx = order[s: s + batch_size]
+        # cut the batch so its (b, T, V) logits stay within LOGIT_BUDGET_BYTES (MUSE texts: T ≈ 2000)
+        T = max(len(seqs[i][0]) for i in idx)
+        rows = max(1, LOGIT_BUDGET_BYTES // max(1, T * vocab * 4))
+        batches += [idx[k: k + rows] for k in range(0, len(idx), rows)]
     if progress:
         from tqdm.auto import tqdm
 
-        starts = tqdm(starts, desc="scoring", leave=False)
-    for s in starts:
-        idx = order[s: s + batch_size]
+        batches = tqdm(batches, desc="scoring", leave=False)
+    for idx in batches:
         enc = collate([seqs[i] for i in idx], pad_id)
         ids, am, lm = enc.input_ids.to(dev), enc.attention_mask.to(dev), enc.labels_mask.to(dev)
         logits = model(input_ids=ids, attention_mask=am).logits

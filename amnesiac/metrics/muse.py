@@ -71,12 +71,11 @@ def knowmem(model, tok, items: Sequence[QAItem], icl: Sequence[QAItem] = (), nam
 
 
 # ---- VerbMem -------------------------------------------------------------------------------
-def verbmem_gt_cut(tok, gt: str, n: int = VERBMEM_NEW_TOKENS, add_bos: bool = True) -> str:
-    """§5: the ground truth cut to its first n tokens, decoded like outputs. The reference encodes with
-    add_special_tokens=True (Llama: BOS counts among the n ids) and decodes with skip_special_tokens; BOS is
-    added the way core.generate adds it, so tokenizers without a BOS post-processor behave like Llama's."""
-    bos = [tok.bos_token_id] if add_bos and tok.bos_token_id is not None else []
-    ids = (bos + tok(gt, add_special_tokens=False)["input_ids"])[:n]
+def verbmem_gt_cut(tok, gt: str, n: int = VERBMEM_NEW_TOKENS) -> str:
+    """§5: the ground truth cut to its first n tokens, decoded like outputs. As the reference: encoded with
+    the tokenizer's own special tokens (a Llama BOS counts among the n ids; SmolLM2 adds none), decoded
+    with skip_special_tokens."""
+    ids = tok(gt, add_special_tokens=True)["input_ids"][:n]
     return tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=True)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from ..data import bios
 from ..data.schema import qa_answer, qa_prompt
 from ..io import amnesiac_home, hash_obj, read_json, versions, write_json
+from .tokenizer import TOKENIZER_VERSION
 
 SIZES = {
     "xs": dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4, vocab=2048),
@@ -45,7 +46,7 @@ def default_config(size: str = "xs", seed: int = 0, n_people: int | None = None,
     n_people = PEOPLE[size] if n_people is None else n_people
     return {"size": size, "arch": SIZES[size], "recipe": RECIPES[size], "seed": seed,
             "bios": {"n_people": n_people, "n_pretrain_people": n_pretrain_people, "seed": seed},
-            "forget": forget, "n_filler": n_pretrain_people}
+            "forget": forget, "n_filler": n_pretrain_people, "tokenizer": TOKENIZER_VERSION}
 
 
 BASE_KEYS = ("base_epochs", "base_lr", "base_batch_size")

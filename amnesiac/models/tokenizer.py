@@ -4,11 +4,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
+# Bumped when what a trained tokenizer encodes changes (2: adds BOS itself); part of every model cache key.
+TOKENIZER_VERSION = 2
 SPECIALS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096, out: str | Path | None = None):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token=SPECIALS["unk_token"]))
@@ -18,6 +20,11 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096, out: str | Pat
                                   special_tokens=list(SPECIALS.values()),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(texts, trainer=trainer)
+    # The tokenizer adds BOS itself (as Llama's does), so "the tokenizer's own special tokens" — what
+    # every reference implementation encodes with — means [BOS] + text for the tiny models too.
+    bos = SPECIALS["bos_token"]
+    tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A $B:1",
+                                                       special_tokens=[(bos, tok.token_to_id(bos))])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIALS)
     fast.padding_side = "right"
     if out is not None:

@@ -171,7 +171,9 @@ def finetune(start: Path, examples, out: Path, epochs: int, lr: float, batch_siz
 # ----------------------------------------------------------------------------- the three models
 
 def models_dir(cfg: dict) -> Path:
-    return amnesiac_home() / "models" / f"tofu-{hash_obj(cfg, 10)}"
+    from ..models.tokenizer import TOKENIZER_VERSION
+
+    return amnesiac_home() / "models" / f"tofu-{hash_obj({**cfg, 'tokenizer': TOKENIZER_VERSION}, 10)}"
 
 
 def prepare_tofu(cfg: dict, data: dict[str, list], budget_s: float | None = None, log=print) -> dict[str, Path]:
