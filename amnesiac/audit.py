@@ -1,29 +1,30 @@
 """`amnesiac audit`: attack an unlearned model every cheap way, measure what comes back, give a verdict.
 
 Models: target T (before unlearning), unlearned U, optionally retrained R (never saw the forget set).
-Each attack is applied to every model the same way; per forget item we keep exact-match recall and
-answer probability, per retain item recall. Verdict rule (README "Verdict"): an attack FAILs the
-unlearning when U's forget recall under it exceeds R's under the *same* attack by at least `margin`
-(absolute) and the lower end of the paired-bootstrap 95 % CI of that difference is above 0. Without R
-the floor is U's own full-precision recall (recovery relative to the unlearned model). Results are
-cached per (model, attack) under OUT/cache, so a killed audit resumes and ends with the same summary.
+Each attack is applied to every model the same way and measured by the one measuring layer
+(measure.py: every knowledge metric that applies to the data, per item). The verdict (metrics/recovery.py
+`judge`, docs/science.md §7) uses the metric the data calls for (`measure.scoring_for`: exact match for short
+answers, ROUGE-L recall for long ones, fact completion for completion facts; `--metric` overrides): an
+attack FAILs the unlearning when U under it exceeds R under the same attack and U's own full-precision
+level, by ≥ margin, Holm-corrected over all attacks; INCONCLUSIVE when T does not show the knowledge
+measurably above R. Without R the floor is U's own full-precision level. Results are cached per
+(model content, attack, data, settings) under OUT/cache: a killed audit resumes, a model re-written at the
+same path is measured again. Exactly one model is in memory at a time.
 """
 from __future__ import annotations
 
+import gc
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .attacks.quant.spec import NAMED as QUANT  # attack name -> get_quantizer kwargs
 from .data.schema import QAItem, item_prompt, qa_answer
-from .io import hash_obj, read_json, versions, write_json, write_jsonl
-
-MARGIN = 0.05  # smallest recall difference (absolute) that counts as knowledge coming back
-N_BOOT = 1000
+from .io import content_key, hash_obj, read_json, versions, write_json, write_jsonl
+from .metrics.recovery import ALPHA, MARGIN, check_margin
 
 SUITES = {
     "quick": ["fp", "rtn8", "rtn4_g64", "paraphrase"],
@@ -33,82 +34,103 @@ SUITES = {
 PROMPT_ATTACKS = {"paraphrase", "icl_forget", "icl_same_person", "step_by_step", "cloze"}
 
 
+def is_quantizer(name: str) -> bool:
+    from .attacks.quant.spec import quantizer_config
+
+    try:
+        quantizer_config(name)
+        return True
+    except ValueError:
+        return False
+
+
 @dataclass
 class AuditConfig:
     suite: str = "quick"
     attacks: list[str] | None = None  # overrides the suite's list
     seed: int = 0
-    margin: float = MARGIN
-    n_boot: int = N_BOOT
+    margin: float = MARGIN  # smallest difference of the verdict's metric that counts (absolute, in [0, 1))
+    alpha: float = ALPHA  # one-sided level after Holm correction over the attacks
+    n_boot: int = 10000
+    metric: str | None = None  # the verdict's metric; None: chosen from the data (measure.scoring_for)
+    floor: float | None = None  # without a retrained model: the level the target must exceed (default 0)
     max_retain: int = 300  # retain items evaluated (a fixed random subset: recall, not verdict)
     batch_size: int = 64
     relearn_steps: int = 20
     relearn_lr: float = 1e-3
     mia: bool = False
 
+    def __post_init__(self):
+        check_margin(self.margin)
+        if self.suite not in SUITES:
+            raise ValueError(f"unknown suite {self.suite!r}; available: {', '.join(SUITES)}")
+        if not 0 < self.alpha < 1:
+            raise ValueError(f"alpha must lie in (0, 1), got {self.alpha}")
+        for name in ("n_boot", "max_retain", "batch_size", "relearn_steps"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        if not (self.relearn_lr > 0 and np.isfinite(self.relearn_lr)):
+            raise ValueError(f"relearn_lr must be a positive finite number, got {self.relearn_lr}")
+        if self.metric is not None:
+            from .measure import METRICS
+
+            if self.metric not in METRICS:
+                raise ValueError(f"unknown metric {self.metric!r}; available: {', '.join(METRICS)}")
+        self.attack_list()
+
     def attack_list(self) -> list[str]:
-        names = list(self.attacks) if self.attacks else list(SUITES[self.suite])
-        unknown = [n for n in names if n not in QUANT and n not in PROMPT_ATTACKS and n not in ("fp", "relearn")]
+        names = [n.strip().lower() for n in (self.attacks if self.attacks else SUITES[self.suite]) if n.strip()]
+        unknown = [n for n in names if not is_quantizer(n) and n not in PROMPT_ATTACKS and n not in ("fp", "relearn")]
         if unknown:
-            raise ValueError(f"unknown attack(s) {unknown}; available: fp, relearn, {', '.join(sorted(QUANT))}, "
-                             f"{', '.join(sorted(PROMPT_ATTACKS))}")
-        return names
+            from .attacks.quant.spec import NAMED
 
-
-def quantizer_for(name: str):
-    from .attacks.quant.backends import get_quantizer
-
-    cfg = dict(QUANT[name])
-    return get_quantizer(**cfg)
+            raise ValueError(f"unknown attack(s) {unknown}; available: fp, relearn, {', '.join(sorted(NAMED))}, "
+                             f"{', '.join(sorted(PROMPT_ATTACKS))}, GGUF kinds and RTN specs (amnesiac ls attacks)")
+        if not names:
+            raise ValueError("no attacks given")
+        return list(dict.fromkeys(names))
 
 
 def available_attacks(names: list[str]) -> tuple[list[str], dict[str, str]]:
     """Drop quantization backends that are not installed; say why."""
-    from .attacks.quant.backends import available
+    from .attacks.quant.backends import INSTALL, available
+    from .attacks.quant.spec import quantizer_config
 
     keep, skipped = [], {}
     for n in names:
-        if n in QUANT and QUANT[n]["backend"] != "rtn" and not available(QUANT[n]["backend"]):
-            skipped[n] = f"backend {QUANT[n]['backend']!r} not installed (pip install 'amnesiac[{QUANT[n]['backend']}]')"
+        b = quantizer_config(n)["backend"] if is_quantizer(n) else None
+        if b and b != "rtn" and not available(b):
+            skipped[n] = f"backend {b!r} not installed: {INSTALL[b][1]}"
         else:
             keep.append(n)
     return keep, skipped
 
 
+def quantizer_for(name: str):
+    from .attacks.quant.spec import quantizer_from_name
+
+    return quantizer_from_name(name)
+
+
 # ----------------------------------------------------------------------------- measuring one model
 
-def knowledge(model, tok, forget: list[QAItem], retain: list[QAItem], prompts: list[str] | None = None,
-              batch_size: int = 64, stop_strings: tuple[str, ...] = ("\n",)) -> dict[str, list[float]]:
-    """Per-item forget recall / answer probability and retain recall (prompts override forget questions;
-    `stop_strings` apply to the forget prompts: cloze completions also end at ". ")."""
-    from .core import generate_greedy, score_pairs
-    from .metrics.text import exact_match
+def knowledge_at(model, tok, forget: list[QAItem], retain: list[QAItem], deployment: str = "fp",
+                 scoring=None, batch_size: int = 64) -> dict[str, list]:
+    """measure() of `model` deployed as `deployment` (a quantizer name or "fp"): per-item scores of the forget
+    and retain sets (flat keys forget_<metric> / retain_<metric>, forget_outputs)."""
+    from .attacks.quant.apply import deploy
+    from .measure import measure, scoring_for
 
-    fp = prompts if prompts is not None else [item_prompt(it) for it in forget]
-    if tuple(stop_strings) == ("\n",):  # one batched pass for both sets
-        outs = generate_greedy(model, tok, fp + [item_prompt(it) for it in retain], max_new_tokens=16,
-                               stop_strings=["\n"], batch_size=batch_size)
-        f_out, r_out = outs[: len(forget)], outs[len(forget):]
-    else:
-        f_out = generate_greedy(model, tok, fp, max_new_tokens=16, stop_strings=list(stop_strings), batch_size=batch_size)
-        r_out = generate_greedy(model, tok, [item_prompt(it) for it in retain], max_new_tokens=16,
-                                stop_strings=["\n"], batch_size=batch_size) if retain else []
-    sc = score_pairs(model, tok, fp, [qa_answer(it.answer) for it in forget], batch_size=batch_size)
-    return {"forget_em": [exact_match(o, it.answer) for o, it in zip(f_out, forget)],
-            "retain_em": [exact_match(o, it.answer) for o, it in zip(r_out, retain)],
-            "forget_prob": np.exp(sc.mean).round(6).tolist(), "forget_outputs": f_out}
+    scoring = scoring or scoring_for(forget)
+    r = measure(deploy(model, deployment), tok, {"forget": forget, "retain": retain}, scoring, batch_size=batch_size)
+    return flatten(r)
 
 
-def knowledge_at(model, tok, forget: list[QAItem], retain: list[QAItem], qcfg: dict | None,
-                 batch_size: int = 64) -> dict[str, list[float]]:
-    """knowledge() of the model as deployed with quantizer config `qcfg` (get_quantizer kwargs; None = full
-    precision). The one place audit, demo and sweep quantize a model before measuring it."""
-    if qcfg is not None:
-        from .attacks.quant.apply import quantize_model
-        from .attacks.quant.backends import get_quantizer
-
-        model = quantize_model(model, get_quantizer(**qcfg))[0]
-    return knowledge(model, tok, forget, retain, batch_size=batch_size)
+def flatten(r: dict[str, dict[str, list]]) -> dict[str, list]:
+    out = {f"{s}_{k}": v for s, d in r.items() for k, v in d.items() if k != "outputs"}
+    if "outputs" in r.get("forget", {}):
+        out["forget_outputs"] = r["forget"]["outputs"]
+    return out
 
 
 def _prompt_variant(name: str, forget: list[QAItem], retain: list[QAItem], seed: int) -> list[str]:
@@ -119,73 +141,21 @@ def _prompt_variant(name: str, forget: list[QAItem], retain: list[QAItem], seed:
     return [v[0] if v else item_prompt(it) for v, it in zip(variants, forget)]
 
 
-# ----------------------------------------------------------------------------- statistics
+def _summaries(res: dict, metrics: list[str], seed: int) -> dict:
+    """Mean and 95 % CI of every metric, per model, attack and set."""
+    from .metrics.stats import bootstrap_ci
 
-def boot_idx(n: int, n_boot: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
-
-
-def ci_of(stat, arrays: list[np.ndarray], idx: np.ndarray) -> tuple[float, float]:
-    """Percentile 95 % CI of stat(*arrays) under paired resampling of items (same idx for every array)."""
-    vals = np.array([stat(*(a[i] for a in arrays)) for i in idx])
-    vals = vals[np.isfinite(vals)]
-    if len(vals) == 0:
-        return float("nan"), float("nan")
-    return float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))
-
-
-def _ratio(a, b):
-    mb = b.mean()
-    return a.mean() / mb if mb > 0 else float("nan")
-
-
-def recovery_rows(res: dict, attacks: list[str], cfg: AuditConfig) -> list[dict]:
-    """Per attack: U's recall, recovery ratio vs T, recovered fraction, U − R with paired-bootstrap CIs."""
-    t_fp = np.asarray(res["target"]["fp"]["forget_em"])
-    u_fp = np.asarray(res["unlearned"]["fp"]["forget_em"])
-    has_r = "retrained" in res
-    rows = []
-    for a in attacks:
-        u = np.asarray(res["unlearned"][a]["forget_em"])
-        sel = res["unlearned"][a].get("item_index")
-        tt, uf = (t_fp[sel], u_fp[sel]) if sel is not None else (t_fp, u_fp)
-        idx = boot_idx(len(u), cfg.n_boot, cfg.seed)
-        row = {"attack": a, "forget_recall": float(u.mean()), "forget_recall_ci": ci_of(np.mean, [u], idx),
-               "retain_recall": float(np.mean(res["unlearned"][a]["retain_em"])) if res["unlearned"][a]["retain_em"] else None,
-               "forget_prob": float(np.mean(res["unlearned"][a]["forget_prob"])),
-               "recovery_ratio": _ratio(u, tt), "recovery_ratio_ci": ci_of(_ratio, [u, tt], idx)}
-        den = tt.mean() - uf.mean()
-        row["recovered_fraction"] = float((u.mean() - uf.mean()) / den) if den > 0 else float("nan")
-        row["recovered_fraction_ci"] = ci_of(lambda x, y, z: (x.mean() - y.mean()) / (z.mean() - y.mean())
-                                             if z.mean() - y.mean() > 0 else float("nan"), [u, uf, tt], idx)
-        ref = np.asarray(res["retrained"][a]["forget_em"]) if has_r else uf
-        row["floor"] = "retrained" if has_r else "unlearned@fp"
-        row["floor_recall"] = float(ref.mean())
-        row["excess"] = float(u.mean() - ref.mean())
-        row["excess_ci"] = ci_of(lambda x, y: x.mean() - y.mean(), [u, ref], idx)
-        if not has_r and a == "fp":
-            row["significant"] = False  # U at fp is its own floor
-        else:
-            row["significant"] = bool(row["excess"] >= cfg.margin and row["excess_ci"][0] > 0)
-        rows.append(row)
-    return rows
-
-
-def verdict(rows: list[dict], cfg: AuditConfig, has_retrained: bool) -> dict:
-    bad = [r for r in rows if r["significant"]]
-    floor = "the retrained model under the same attack" if has_retrained else "the unlearned model at full precision"
-    if not bad:
-        worst = max(rows, key=lambda r: r["excess"]) if rows else None
-        return {"verdict": "PASS", "worst_attack": worst["attack"] if worst else None,
-                "reason": f"no attack raised forget recall significantly above {floor} "
-                          f"(rule: excess ≥ {cfg.margin} and 95% CI lower bound > 0)"}
-    w = max(bad, key=lambda r: r["excess"])
-    lo, hi = w["excess_ci"]
-    return {"verdict": "FAIL", "worst_attack": w["attack"],
-            "reason": f"under {w['attack']} forget recall is {w['forget_recall']:.3f} vs {w['floor_recall']:.3f} for "
-                      f"{floor} (excess {w['excess']:+.3f}, 95% CI [{lo:+.3f}, {hi:+.3f}]); "
-                      f"recovery ratio vs target {w['recovery_ratio']:.2f}",
-            "failing_attacks": [r["attack"] for r in bad]}
+    out: dict = {}
+    for m, d in res.items():
+        for a, r in d.items():
+            row = {}
+            for side in ("forget", "retain"):
+                for k in metrics:
+                    v = r.get(f"{side}_{k}")
+                    if v:
+                        row[f"{side}_{k}"] = {"mean": float(np.mean(v)), "ci": list(bootstrap_ci(v, seed=seed))}
+            out.setdefault(m, {})[a] = row
+    return out
 
 
 # ----------------------------------------------------------------------------- the audit
@@ -211,14 +181,19 @@ class Audit:
     def run(self) -> dict:
         import torch
 
+        from .measure import METRICS, scoring_for
+        from .metrics.recovery import Judged, judge
         from .models import load_model
 
         cfg = self.config
         if not self.forget:
             raise ValueError("the forget set is empty: nothing to audit")
+        scoring = scoring_for(self.forget, cfg.metric)
         t0 = time.time()
         torch.manual_seed(cfg.seed)
         attacks, skipped = available_attacks(cfg.attack_list())
+        if "fp" not in attacks:
+            attacks = ["fp", *attacks]  # every floor and the verdict's target check need full precision
         rng = random.Random(cfg.seed)
         retain = list(self.retain)
         if len(retain) > cfg.max_retain:
@@ -226,63 +201,107 @@ class Audit:
         models = {"target": self.target, "unlearned": self.unlearned}
         if self.retrained:
             models["retrained"] = self.retrained
-        key = hash_obj({"models": models, "forget": [it.to_json() for it in self.forget],
-                        "retain": [it.to_json() for it in retain], "cfg": cfg.__dict__})
+        keys = {m: content_key(p) for m, p in models.items()}  # what each model *is* (a re-written path re-measures)
+        data_key = hash_obj({"forget": [it.to_json() for it in self.forget], "retain": [it.to_json() for it in retain],
+                             "scoring": scoring.to_json(), "seed": cfg.seed, "batch": cfg.batch_size,
+                             "relearn": [cfg.relearn_steps, cfg.relearn_lr], "v": 2})
         res: dict[str, dict] = {m: {} for m in models}
         costs: dict[str, dict] = {}
-        loaded: dict[str, tuple] = {}
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(models) * len(attacks), desc="audit")
         for m, path in models.items():
+            loaded = None
             for a in attacks:
                 cp = self._cache(m, a)
+                key = hash_obj([keys[m], data_key, a])
                 if cp.exists():
                     c = read_json(cp)
                     if c.get("key") == key:
                         res[m][a], costs[f"{m}/{a}"] = c["result"], c["cost"]
                         bar.update(1)
                         continue
-                if m not in loaded:
-                    loaded[m] = load_model(path)
-                model, tok = loaded[m]
+                if loaded is None:
+                    loaded = load_model(path)
+                model, tok = loaded
                 s = time.time()
-                r = self._one(model, tok, a, retain)
+                r = self._one(model, tok, a, retain, scoring)
                 costs[f"{m}/{a}"] = {"wall_s": round(time.time() - s, 3)}
                 res[m][a] = r
-                write_json(cp, {"key": key, "result": r, "cost": costs[f"{m}/{a}"]})
+                write_json(cp, {"key": key, "result": r, "cost": costs[f"{m}/{a}"], "model_key": keys[m]})
                 bar.update(1)
+            del loaded  # one model resident at a time
+            gc.collect()
         bar.close()
-        rows = recovery_rows(res, attacks, cfg)
-        v = verdict(rows, cfg, "retrained" in res)
-        collapse = self._collapse(attacks, loaded, models)
-        mia = self._mia(loaded, models) if cfg.mia and self.holdout else None
+        metric = scoring.metric
+        t_fp = np.asarray(res["target"]["fp"][f"forget_{metric}"])
+        rows = []
+        for a in attacks:
+            sel = res["unlearned"][a].get("item_index")
+            idx = np.asarray(sel) if sel is not None else np.arange(len(t_fp))
+            fl = res.get("retrained", {}).get(a)
+            rows.append(Judged(a, res["unlearned"][a][f"forget_{metric}"], t_fp[idx],
+                               floor=fl[f"forget_{metric}"] if fl else None,
+                               u_fp=None if a == "fp" else np.asarray(res["unlearned"]["fp"][f"forget_{metric}"])[idx],
+                               extra={"retain": float(np.mean(res["unlearned"][a][f"retain_{metric}"]))
+                                      if res["unlearned"][a].get(f"retain_{metric}") else None}))
+        floor_value = cfg.floor
+        if floor_value is None and not self.retrained and self.holdout:
+            floor_value = self._holdout_floor(scoring)  # what the target scores on items it never saw
+        v = judge(rows, metric, scoring.reason, n_boot=cfg.n_boot, seed=cfg.seed, margin=cfg.margin, alpha=cfg.alpha,
+                  retrained_fp=res["retrained"]["fp"][f"forget_{metric}"] if "retrained" in res else None,
+                  floor_value=floor_value)
+        collapse = self._collapse(attacks, models)
+        mia = self._mia(models) if cfg.mia and self.holdout else None
+        present = [k for k in METRICS if f"forget_{k}" in res["unlearned"]["fp"]]
         summary = {
-            "schema": "amnesiac.audit/1", "verdict": v, "models": models, "attacks": attacks, "skipped_attacks": skipped,
-            "results": {m: {a: {k: (float(np.mean(x)) if x else None) for k, x in r.items()
-                                if k in ("forget_em", "retain_em", "forget_prob")} for a, r in d.items()}
-                        for m, d in res.items()},
-            "recovery": rows, "collapse": collapse, "mia": mia,
-            "config": {**cfg.__dict__, "n_forget": len(self.forget), "n_retain_evaluated": len(retain)},
+            "schema": "amnesiac.audit/2", "verdict": {k: v[k] for k in v if k != "rows"}, "models": models,
+            "model_keys": keys, "attacks": attacks, "skipped_attacks": skipped, "scoring": scoring.to_json(),
+            "metrics": present, "results": _summaries(res, present, cfg.seed), "recovery": v["rows"],
+            "collapse": collapse, "mia": mia,
+            "config": {**asdict(cfg), "n_forget": len(self.forget), "n_retain_evaluated": len(retain)},
             "costs": costs, "versions": versions(), "seed": cfg.seed, "wall_s": round(time.time() - t0, 2),
         }
         write_json(self.out / "summary.json", summary)
         write_jsonl(self.out / "per_example.jsonl", [
             {"model": m, "attack": a, "item": i, "question": self.forget[j].question, "answer": self.forget[j].answer,
-             "forget_em": r["forget_em"][i], "forget_prob": r["forget_prob"][i], "output": r["forget_outputs"][i]}
+             **{k: r[f"forget_{k}"][i] for k in present if f"forget_{k}" in r},
+             "output": r["forget_outputs"][i] if "forget_outputs" in r else None}
             for m, d in res.items() for a, r in d.items()
-            for i, j in enumerate(r.get("item_index") or range(len(r["forget_em"])))])
+            for i, j in enumerate(r.get("item_index") or range(len(r[f"forget_{metric}"])))])
         return summary
 
-    def _one(self, model, tok, attack: str, retain) -> dict:
+    def _holdout_floor(self, scoring) -> float:
+        """The target's mean score on the held-out items (never trained on): the metric's baseline for a
+        model that does not know the answers (ROUGE-L gives template words some credit)."""
+        from .measure import measure
+        from .models import load_model
+
+        cp = self.out / "cache" / "target__holdout_floor.json"
+        key = hash_obj([content_key(self.target), [it.to_json() for it in self.holdout], scoring.to_json()])
+        if cp.exists() and read_json(cp).get("key") == key:
+            return read_json(cp)["floor"]
+        model, tok = load_model(self.target)
+        r = measure(model, tok, {"holdout": self.holdout}, scoring, batch_size=self.config.batch_size)
+        floor = float(np.mean(r["holdout"][scoring.metric]))
+        write_json(cp, {"key": key, "floor": floor})
+        return floor
+
+    def _one(self, model, tok, attack: str, retain, scoring) -> dict:
+        from .attacks.quant.apply import deploy
+        from .measure import measure
+
         cfg = self.config
-        if attack == "fp" or attack in QUANT:
-            return knowledge_at(model, tok, self.forget, retain, QUANT.get(attack), batch_size=cfg.batch_size)
+        sets = {"forget": self.forget, "retain": retain}
+        if attack == "fp" or is_quantizer(attack):
+            return flatten(measure(deploy(model, attack), tok, sets, scoring, batch_size=cfg.batch_size))
         if attack in PROMPT_ATTACKS:
             from .attacks.prompts import STOPS
 
-            return knowledge(model, tok, self.forget, [], prompts=_prompt_variant(attack, self.forget, retain, cfg.seed),
-                             batch_size=cfg.batch_size, stop_strings=STOPS.get(attack, ("\n",)))
+            r = measure(model, tok, {"forget": self.forget}, scoring, batch_size=cfg.batch_size,
+                        prompts={"forget": _prompt_variant(attack, self.forget, retain, cfg.seed)},
+                        stop_strings={"forget": STOPS.get(attack, ("\n",))})
+            return flatten(r)
         if attack == "relearn":
             from .attacks.relearn import relearn_attack, split_forget
 
@@ -291,40 +310,48 @@ class Audit:
             _, held = split_forget(list(self.forget), 0.5, "item", cfg.seed)
             hq = {it.question for it in held}
             sel = [i for i, it in enumerate(self.forget) if it.question in hq]
-            k = knowledge(r.model, tok, [self.forget[i] for i in sel], retain, batch_size=cfg.batch_size)
+            k = flatten(measure(r.model, tok, {"forget": [self.forget[i] for i in sel], "retain": retain}, scoring,
+                                batch_size=cfg.batch_size))
             k["item_index"] = sel
             return k
         raise ValueError(f"unknown attack {attack!r}")
 
-    def _collapse(self, attacks, loaded, models) -> dict:
+    def _collapse(self, attacks, models) -> dict:
+        """Collapse diagnostics (target vs unlearned, RTN quantizers): codes unchanged, drift kept. Cached by content."""
         from .attacks.collapse import collapse_diagnostics
+        from .attacks.quant.spec import quantizer_config
         from .models import load_model
 
+        rtn = [a for a in attacks if is_quantizer(a) and quantizer_config(a)["backend"] == "rtn"]
+        if not rtn:
+            return {}
+        cp = self.out / "cache" / "collapse.json"
+        key = hash_obj([content_key(models["target"]), content_key(models["unlearned"]), rtn])
+        if cp.exists() and read_json(cp).get("key") == key:
+            return read_json(cp)["result"]
+        t, _ = load_model(models["target"], device="cpu")
+        u, _ = load_model(models["unlearned"], device="cpu")
         out = {}
-        for a in attacks:
-            if a not in QUANT or QUANT[a]["backend"] != "rtn":
-                continue
-            for m in ("target", "unlearned"):
-                if m not in loaded:
-                    loaded[m] = load_model(models[m])
-            d = collapse_diagnostics(loaded["target"][0], loaded["unlearned"][0], quantizer_for(a))
+        for a in rtn:
+            d = collapse_diagnostics(t, u, quantizer_for(a))
             out[a] = {"overall": d["overall"], "per_layer": {k: v["collapse_rate"] for k, v in d["layers"].items()}}
+        write_json(cp, {"key": key, "result": out})
         return out
 
-    def _mia(self, loaded, models) -> dict:
+    def _mia(self, models) -> dict:
         from .core import score_pairs
         from .metrics import mia as M
         from .models import load_model
 
         res = {}
         for m in models:
-            if m not in loaded:
-                loaded[m] = load_model(models[m])
-            model, tok = loaded[m]
+            model, tok = load_model(models[m])
             sides = {}
             for side, items in (("forget", self.forget), ("holdout", self.holdout)):
                 sc = score_pairs(model, tok, [item_prompt(it) for it in items], [qa_answer(it.answer) for it in items])
                 sides[side] = [M.loss_score(lp) for lp in sc.token_logprobs]
             res[m] = {"loss_auc": M.auc_score(sides["forget"], sides["holdout"]),
                       "member_scores": sides["forget"], "nonmember_scores": sides["holdout"]}
+            del model
+            gc.collect()
         return res

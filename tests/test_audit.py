@@ -1,55 +1,12 @@
-"""Audit: verdict rule on constructed numbers, summary schema, resume from cache (tiny models)."""
+"""Audit: summary schema, resume and content-keyed cache, scoring that follows the data (tiny models).
+The verdict rule itself is tested on hand-made numbers in test_verdict.py."""
 import copy
 import json
 
 import numpy as np
 import pytest
 
-from amnesiac.audit import Audit, AuditConfig, recovery_rows, verdict
-
-
-def _res(t, u, r=None, attacks=("fp", "rtn4_g64")):
-    def k(v):
-        return {"forget_em": list(map(float, v)), "retain_em": [1.0, 1.0], "forget_prob": [0.5] * len(v),
-                "forget_outputs": [""] * len(v)}
-
-    out = {"target": {a: k(t) for a in attacks}, "unlearned": {a: k(u[a]) for a in attacks}}
-    if r is not None:
-        out["retrained"] = {a: k(r) for a in attacks}
-    return out
-
-
-def test_verdict_fails_when_attack_recovers_above_retrained():
-    n = 60
-    t = np.ones(n)
-    u = {"fp": np.r_[np.ones(6), np.zeros(n - 6)], "rtn4_g64": np.r_[np.ones(50), np.zeros(n - 50)]}
-    r = np.r_[np.ones(3), np.zeros(n - 3)]
-    cfg = AuditConfig(n_boot=500)
-    rows = recovery_rows(_res(t, u, r), ["fp", "rtn4_g64"], cfg)
-    by = {x["attack"]: x for x in rows}
-    assert by["rtn4_g64"]["excess"] == pytest.approx(50 / 60 - 3 / 60)
-    assert by["rtn4_g64"]["recovery_ratio"] == pytest.approx(50 / 60)
-    # recovered fraction = (0.833 - 0.1) / (1 - 0.1)
-    assert by["rtn4_g64"]["recovered_fraction"] == pytest.approx((50 / 60 - 6 / 60) / (1 - 6 / 60))
-    assert by["rtn4_g64"]["significant"] and not by["fp"]["significant"]  # fp excess 0.05 but CI crosses 0
-    v = verdict(rows, cfg, True)
-    assert v["verdict"] == "FAIL" and v["worst_attack"] == "rtn4_g64"
-    lo, hi = by["rtn4_g64"]["excess_ci"]
-    assert lo < by["rtn4_g64"]["excess"] < hi
-
-
-def test_verdict_passes_when_within_margin():
-    n = 40
-    t = np.ones(n)
-    u = {"fp": np.r_[np.ones(4), np.zeros(n - 4)], "rtn4_g64": np.r_[np.ones(5), np.zeros(n - 5)]}
-    r = np.r_[np.ones(4), np.zeros(n - 4)]
-    cfg = AuditConfig(n_boot=300)
-    rows = recovery_rows(_res(t, u, r), ["fp", "rtn4_g64"], cfg)
-    assert verdict(rows, cfg, True)["verdict"] == "PASS"
-    # without a retrained model the floor is U at full precision
-    rows2 = recovery_rows(_res(t, u), ["fp", "rtn4_g64"], cfg)
-    assert rows2[1]["floor"] == "unlearned@fp" and rows2[1]["excess"] == pytest.approx(1 / 40)
-    assert verdict(rows2, cfg, False)["verdict"] == "PASS"
+from amnesiac.audit import Audit, AuditConfig
 
 
 def test_unknown_attack_lists_available():
@@ -78,24 +35,28 @@ def audit_models(tmp_path_factory, trained_tiny, tok, qa_people):
 def test_audit_summary_schema_and_resume(audit_models, qa_people, tmp_path):
     from amnesiac.report.audit_report import write_audit_report
 
-    cfg = AuditConfig(attacks=["fp", "rtn8", "rtn4_g64", "paraphrase"], n_boot=200, max_retain=40)
+    cfg = AuditConfig(attacks=["fp", "rtn8", "rtn4_g64", "paraphrase"], n_boot=500, max_retain=40)
     out = tmp_path / "a"
     a = Audit(str(audit_models / "target"), str(audit_models / "unlearned"), qa_people["forget"], qa_people["retain"],
               out, retrained=str(audit_models / "retrained"), holdout=qa_people["holdout"], config=cfg)
     s1 = a.run()
-    assert s1["verdict"]["verdict"] in ("PASS", "FAIL") and s1["verdict"]["reason"]
+    assert s1["verdict"]["verdict"] in ("PASS", "FAIL", "INCONCLUSIVE") and s1["verdict"]["reason"]
+    assert s1["scoring"]["metric"] == "exact_match" == s1["verdict"]["metric"]  # bios answers are a few words
     assert set(s1["results"]) == {"target", "unlearned", "retrained"}
     assert [r["attack"] for r in s1["recovery"]] == ["fp", "rtn8", "rtn4_g64", "paraphrase"]
-    for r in s1["recovery"]:
-        assert {"forget_recall", "forget_recall_ci", "recovery_ratio", "recovery_ratio_ci", "excess", "excess_ci",
-                "significant", "floor_recall"} <= set(r)
+    for r in s1["recovery"][1:]:
+        assert {"value", "value_ci", "recovery_ratio", "excess", "excess_ci", "gain_over_fp", "p", "p_holm",
+                "significant", "floor_value"} <= set(r)
+    # every applicable metric, with a CI, for every model and attack
+    assert {"forget_exact_match", "forget_rougeL_recall", "forget_prob", "retain_exact_match"} <= set(
+        s1["results"]["unlearned"]["rtn8"])
     assert 0.0 <= s1["collapse"]["rtn4_g64"]["overall"]["collapse_rate"] <= 1.0
     assert (out / "per_example.jsonl").exists() and (out / "summary.json").exists()
     lines = (out / "per_example.jsonl").read_text().splitlines()
     assert len(lines) == 3 * 4 * len(qa_people["forget"])
     # resume: a second run reads every (model, attack) from the cache and gives the same numbers
-    cached = sorted(p.name for p in (out / "cache").iterdir())
-    assert len(cached) == 12
+    cached = sorted(p.name for p in (out / "cache").iterdir() if "__" in p.name)
+    assert len(cached) == 12 and (out / "cache" / "collapse.json").exists()
     s2 = Audit(str(audit_models / "target"), str(audit_models / "unlearned"), qa_people["forget"], qa_people["retain"],
                out, retrained=str(audit_models / "retrained"), config=cfg).run()
     drop = lambda s: json.dumps({k: v for k, v in s.items() if k not in ("wall_s", "costs", "mia")}, sort_keys=True)
@@ -108,3 +69,37 @@ def test_audit_summary_schema_and_resume(audit_models, qa_people, tmp_path):
 def test_audit_rejects_empty_forget(audit_models, qa_people, tmp_path):
     with pytest.raises(ValueError, match="empty"):
         Audit(str(audit_models / "target"), str(audit_models / "unlearned"), [], qa_people["retain"], tmp_path).run()
+
+
+def test_reunlearning_into_the_same_folder_invalidates_the_cache(audit_models, qa_people, tmp_path, trained_tiny, tok):
+    """The cache is keyed by what the model *is*: replace U at the same path by the target itself, rerun into
+    the same --out, and the new numbers (U = T) are measured; the report does not crash on U = T."""
+    import shutil
+
+    from amnesiac.models import save_model
+    from amnesiac.report.audit_report import write_audit_report
+
+    u = tmp_path / "u"
+    shutil.copytree(audit_models / "unlearned", u)
+    cfg = AuditConfig(attacks=["fp", "rtn8"], n_boot=300, max_retain=20)
+    out = tmp_path / "a"
+    s1 = Audit(str(audit_models / "target"), str(u), qa_people["forget"], qa_people["retain"], out,
+               retrained=str(audit_models / "retrained"), config=cfg).run()
+    shutil.rmtree(u)
+    save_model(trained_tiny, tok, u)  # "re-unlearned": now identical to the target
+    s2 = Audit(str(audit_models / "target"), str(u), qa_people["forget"], qa_people["retain"], out,
+               retrained=str(audit_models / "retrained"), config=cfg).run()
+    assert s2["model_keys"]["unlearned"] == s2["model_keys"]["target"] != s1["model_keys"]["unlearned"]
+    t_fp = s2["results"]["target"]["fp"]["forget_exact_match"]["mean"]
+    assert s2["results"]["unlearned"]["fp"]["forget_exact_match"]["mean"] == t_fp
+    assert s1["results"]["unlearned"]["fp"]["forget_exact_match"]["mean"] != t_fp
+    paths = write_audit_report(s2, out)  # U = T: no drift, no crash
+    assert s2["verdict"]["verdict"] in paths["md"].read_text()
+
+
+def test_unknown_metric_and_bad_margin_fail_before_work():
+    with pytest.raises(ValueError, match="available"):
+        AuditConfig(metric="bleu")
+    for bad in (2.0, float("nan"), -0.1):
+        with pytest.raises(ValueError, match="margin"):
+            AuditConfig(margin=bad)

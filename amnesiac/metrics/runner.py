@@ -50,6 +50,10 @@ class Runner:
         self.cache_root = amnesiac_home() / "cache" / self.model_hash if cache and self.model_hash else None
         self._mem: dict[str, dict[str, dict]] = {}  # store name → key → row
         self.stats = {"scored": 0, "generated": 0, "cache_hits": 0}
+        from ..core.logprobs import special_prefix
+
+        # v2: the tokenizer's own special tokens (no forced BOS); its identity is part of every key
+        self.tok_key = hash_obj([type(tok).__name__, len(tok), special_prefix(tok), tok.eos_token_id], 12)
 
     # ---- storage ------------------------------------------------------------------------------
     def _store(self, kind: str, cfg: dict) -> tuple[str, Path | None]:
@@ -95,7 +99,8 @@ class Runner:
         """Per pair {"lp", "ids", ["mu", "sd"], ["am"]} as numpy arrays / lists, input order."""
         from ..core.logprobs import score_pairs
 
-        cfg = {"kind": "score", "stats": with_stats, "argmax": with_argmax, "max_length": self.max_length, "v": 1}
+        cfg = {"kind": "score", "stats": with_stats, "argmax": with_argmax, "max_length": self.max_length, "v": 2,
+               "tok": self.tok_key}
         name, path = self._store("score", cfg)
         keys = [hash_obj([p, c], 24) for p, c in zip(prompts, conts)]
         todo = self._todo(name, keys)
@@ -132,7 +137,7 @@ class Runner:
         """Greedy continuations (core.generate_greedy: batched, length-bucketed, KV cache), input order."""
         from ..core.generate import generate_greedy
 
-        cfg = {"kind": "gen", "max_new": max_new_tokens, "stops": list(stop_strings), "v": 1}
+        cfg = {"kind": "gen", "max_new": max_new_tokens, "stops": list(stop_strings), "v": 2, "tok": self.tok_key}
         name, path = self._store("gen", cfg)
         keys = [hash_obj(p, 24) for p in prompts]
         todo = self._todo(name, keys)

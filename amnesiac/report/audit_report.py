@@ -10,19 +10,40 @@ from .render import Section, write_report
 
 
 def _ci(c) -> str:
-    return "-" if not c or c[0] != c[0] else f"[{c[0]:.2f}, {c[1]:.2f}]"
+    return "-" if not c or c[0] is None or c[0] != c[0] else f"[{c[0]:.2f}, {c[1]:.2f}]"
+
+
+def _f(x, fmt: str = ".3f") -> str:
+    return "-" if x is None or x != x else format(x, fmt)
 
 
 def recovery_table(summary: dict) -> list[list[str]]:
-    head = ["attack", "forget recall (U)", "95% CI", "retain recall (U)", f"floor ({summary['recovery'][0]['floor'] if summary['recovery'] else '-'})",
-            "excess", "95% CI", "recovery ratio", "95% CI", "significant"]
+    m = summary["verdict"]["metric"]
+    head = ["attack", f"{m} (U)", "95% CI", "retain (U)", "retrained", "excess", "95% CI", "U at fp", "gain",
+            "95% CI", "recovery ratio", "Holm p", "significant"]
     rows = [head]
     for r in summary["recovery"]:
-        rows.append([r["attack"], f"{r['forget_recall']:.3f}", _ci(r["forget_recall_ci"]),
-                     "-" if r["retain_recall"] is None else f"{r['retain_recall']:.3f}", f"{r['floor_recall']:.3f}",
-                     f"{r['excess']:+.3f}", _ci(r["excess_ci"]), f"{r['recovery_ratio']:.2f}", _ci(r["recovery_ratio_ci"]),
-                     "yes" if r["significant"] else "no"])
+        rows.append([r["attack"], _f(r["value"]), _ci(r.get("value_ci")), _f(r.get("retain")), _f(r.get("floor_value")),
+                     _f(r.get("excess"), "+.3f"), _ci(r.get("excess_ci")), _f(r.get("unlearned_fp")),
+                     _f(r.get("gain_over_fp"), "+.3f"), _ci(r.get("gain_ci")), _f(r.get("recovery_ratio"), ".2f"),
+                     _f(r.get("p_holm"), ".2g"), "yes" if r["significant"] else "no"])
     return rows
+
+
+def metrics_table(summary: dict) -> list[list[str]]:
+    """Every applicable metric of the unlearned model under every attack (mean [95% CI])."""
+    keys = [f"{side}_{k}" for side in ("forget", "retain") for k in summary.get("metrics", [])]
+    res = summary["results"].get("unlearned", {})
+    keys = [k for k in keys if any(k in res.get(a, {}) for a in summary["attacks"])]
+    rows = [["attack", *keys]]
+    for a in summary["attacks"]:
+        d = res.get(a, {})
+        rows.append([a, *[f"{d[k]['mean']:.3f} {_ci(d[k]['ci'])}" if k in d else "-" for k in keys]])
+    return rows
+
+
+def _colour(verdict: str) -> str:
+    return {"FAIL": "red", "PASS": "green"}.get(verdict, "yellow")
 
 
 def print_audit(summary: dict, console=None) -> None:
@@ -31,24 +52,27 @@ def print_audit(summary: dict, console=None) -> None:
 
     console = console or Console()
     rows = recovery_table(summary)
-    t = Table(title="audit: forget-set knowledge under each attack")
+    t = Table(title=f"audit: forget-set knowledge under each attack ({summary['verdict']['metric']})")
     for c in rows[0]:
         t.add_column(c)
     for r in rows[1:]:
         t.add_row(*r)
     console.print(t)
     v = summary["verdict"]
-    console.print(f"[bold {'red' if v['verdict'] == 'FAIL' else 'green'}]{v['verdict']}[/]: {v['reason']}")
+    console.print(f"metric: {v['metric']} — {v['metric_reason']}")
+    console.print(f"[bold {_colour(v['verdict'])}]{v['verdict']}[/]: {v['reason']}")
 
 
 def write_audit_report(summary: dict, out: Path) -> dict:
     v = summary["verdict"]
     rec = summary["recovery"]
     res = summary["results"]
-    bars = [{"attack": r["attack"], "forget": r["forget_recall"], "forget_ci": r["forget_recall_ci"],
-             "retain": r["retain_recall"] or 0.0,
-             "retrained_forget": res.get("retrained", {}).get(r["attack"], {}).get("forget_em")} for r in rec]
-    imgs = [("forget vs retain recall per attack (unlearned; black = retrained)", plots.recall_by_attack(bars))]
+    m = v["metric"]
+    bars = [{"attack": r["attack"], "forget": r["value"], "forget_ci": r.get("value_ci"),
+             "retain": r.get("retain") or 0.0,
+             "retrained_forget": res.get("retrained", {}).get(r["attack"], {}).get(f"forget_{m}", {}).get("mean")}
+            for r in rec]
+    imgs = [(f"forget vs retain {m} per attack (unlearned; black = retrained)", plots.recall_by_attack(bars, ylabel=m))]
     by_bits = [(int(m.group(1)), r["recovery_ratio"]) for r in rec if (m := re.match(r"rtn(\d)", r["attack"]))]
     if by_bits:
         fp = next((r["recovery_ratio"] for r in rec if r["attack"] == "fp"), None)
@@ -72,11 +96,20 @@ def write_audit_report(summary: dict, out: Path) -> dict:
     coll_rows = [["quantizer", "codes unchanged", "drift kept", "mean |Δw|/step", "grid offset mean"]]
     for a, c in summary.get("collapse", {}).items():
         o = c["overall"]
-        coll_rows.append([a, f"{100 * o['collapse_rate']:.2f}%", f"{o.get('drift_kept', float('nan')):.3f}",
-                          f"{o.get('mean_abs_dw_over_step', float('nan')):.4f}", f"{o.get('grid_offset_mean', float('nan')):.3f}"])
-    secs = [Section("Verdict", f"**{v['verdict']}** — {v['reason']}"),
-            Section("Recovery per attack", "Exact-match recall on the forget set of the unlearned model (U) under each "
-                    "attack, against the floor; 95 % CIs from a paired bootstrap over forget items.", recovery_table(summary), imgs),
+        # drift_kept is undefined (None) when U = T: nothing moved, so no drift to keep
+        coll_rows.append([a, f"{100 * o['collapse_rate']:.2f}%", _f(o.get("drift_kept")),
+                          _f(o.get("mean_abs_dw_over_step"), ".4f"), _f(o.get("grid_offset_mean"))])
+    rule = v["rule"]
+    tc = v["target_check"]
+    secs = [Section("Verdict", f"**{v['verdict']}** — {v['reason']}\n\nMetric: **{m}** — {v['metric_reason']}.\n\n"
+                    f"Target check: the target scores {tc['target']:.3f} vs {tc['against']} "
+                    f"(difference {tc['diff']:+.3f}, 95% CI [{tc['low']:+.3f}, {tc['high']:+.3f}], p {tc['p']:.2g})."),
+            Section("Recovery per attack", f"{m} on the forget set of the unlearned model (U) under each attack, against "
+                    f"the retrained model under the same attack and U's own full-precision level; 95 % CIs from a paired "
+                    f"bootstrap over forget items ({rule['ci']}); p one-sided, {rule['correction']}-adjusted over "
+                    f"{len(rec)} attacks; a row is significant when every difference is ≥ {rule['margin']} and the "
+                    f"adjusted p < {rule['alpha_one_sided']}.", recovery_table(summary), imgs),
+            Section("Every metric under every attack (unlearned model)", "", metrics_table(summary)),
             Section("Collapse diagnostics (target vs unlearned, same quantizer)", "", coll_rows if len(coll_rows) > 1 else None)]
     if summary.get("skipped_attacks"):
         secs.append(Section("Skipped attacks", "\n\n".join(f"{k}: {x}" for k, x in summary["skipped_attacks"].items())))

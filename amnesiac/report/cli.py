@@ -18,7 +18,13 @@ def register(app: typer.Typer) -> None:
                   suite: str = typer.Option("quick", help="quick | full"),
                   attacks: Optional[str] = typer.Option(None, help="comma-separated attack list (overrides --suite)"),
                   out: Path = typer.Option(Path("audit"), help="output folder (resumes from its cache)"),
-                  seed: int = typer.Option(0), margin: float = typer.Option(0.05, help="verdict margin (absolute recall)"),
+                  seed: int = typer.Option(0), margin: float = typer.Option(0.05, help="verdict margin: smallest difference "
+                                                                         "of the verdict's metric that counts, in [0, 1)"),
+                  metric: Optional[str] = typer.Option(None, help="the verdict's metric: exact_match | fact | rougeL_recall | "
+                                                                  "prob | truth_ratio (default: chosen from the data)"),
+                  floor: Optional[float] = typer.Option(None, help="without --retrained: the level the target must exceed "
+                                                                   "(default: the target on --holdout, else 0)"),
+                  batch_size: int = typer.Option(64, min=1, help="generation / scoring batch"),
                   max_retain: int = typer.Option(300, help="retain items evaluated")):
         """Attack an unlearned model (quantization, prompts, relearning, MIA), measure recovery, give a verdict."""
         from rich.console import Console
@@ -27,10 +33,9 @@ def register(app: typer.Typer) -> None:
         from ..data import load_dataset
         from .audit_report import print_audit, write_audit_report
 
-        if suite not in A.SUITES:
-            raise typer.BadParameter(f"unknown suite {suite!r}; available: {', '.join(A.SUITES)}")
         cfg = A.AuditConfig(suite=suite, attacks=attacks.split(",") if attacks else None, seed=seed, margin=margin,
-                            max_retain=max_retain, mia=holdout is not None)
+                            max_retain=max_retain, mia=holdout is not None, metric=metric, floor=floor,
+                            batch_size=batch_size)  # validates every option before any model loads
         au = A.Audit(str(target), str(unlearned), load_dataset(forget), load_dataset(retain), out,
                      retrained=str(retrained) if retrained else None,
                      holdout=load_dataset(holdout) if holdout else None, config=cfg)

@@ -23,7 +23,8 @@ def _plt():
     return plt
 
 
-def recall_by_attack(rows: list[dict[str, Any]], title: str = "forget vs retain recall per attack") -> bytes:
+def recall_by_attack(rows: list[dict[str, Any]], title: str = "forget vs retain recall per attack",
+                     ylabel: str = "exact-match recall") -> bytes:
     """rows: {attack, forget, forget_ci, retain, retain_ci, retrained_forget} (unlearned model)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(rows) + 2), 3.4))
@@ -45,7 +46,7 @@ def recall_by_attack(rows: list[dict[str, Any]], title: str = "forget vs retain 
                    color="black", label="forget (retrained)", zorder=3)
     ax.set_xticks(list(xs), [r["attack"] for r in rows], rotation=30, ha="right")
     ax.set_ylim(0, 1.05)
-    ax.set_ylabel("exact-match recall")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(fontsize=8, loc="upper right")
     return _fig_bytes(fig)

@@ -21,6 +21,8 @@ NAMED = {
     "quanto8": dict(backend="quanto", bits=8),
     "torchao4": dict(backend="torchao", bits=4, group=32),
     "bnb_nf4": dict(backend="bnb", bits=4, kind="nf4"),
+    # a whole GGUF file as llama.cpp writes it for Q4_1: Linear Q4_1 and the (tied) token embedding Q8_0
+    "q4_1_file": dict(backend="gguf", kind="q4_1", embed="q8_0"),
 }
 GGUF_KINDS = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0")
 _RTN = re.compile(r"rtn(\d)(?:_(sym|asym))?(?:_(?:g(\d+)|ch))?(?:_(sym|asym))?")
@@ -29,6 +31,8 @@ _RTN = re.compile(r"rtn(\d)(?:_(sym|asym))?(?:_(?:g(\d+)|ch))?(?:_(sym|asym))?")
 def quantizer_config(name: str) -> dict:
     """get_quantizer kwargs for a quantizer name; unknown names raise ValueError listing the vocabulary."""
     s = name.strip().lower()
+    if s == "fp":
+        raise ValueError("'fp' is full precision, not a quantizer")
     if s in NAMED:
         return dict(NAMED[s])
     g = s.removeprefix("gguf_")
