@@ -2,7 +2,7 @@
 
 Models: target T (before unlearning), unlearned U, optionally retrained R (never saw the forget set).
 Each attack is applied to every model the same way; per forget item we keep exact-match recall and
-answer probability, per retain item recall. Verdict rule (README "Verdict"): an attack FAILs the
+answer probability, per retain item recall. Verdict rule (docs/science.md §7): an attack FAILs the
 unlearning when U's forget recall under it exceeds R's under the *same* attack by at least `margin`
 (absolute) and the lower end of the paired-bootstrap 95 % CI of that difference is above 0. Without R
 the floor is U's own full-precision recall (recovery relative to the unlearned model). Results are

@@ -3,7 +3,7 @@
 Shapes: B = batch, T = padded sequence length, V = vocabulary.
 A pair (prompt, continuation) is encoded as [BOS] + ids(prompt) + ids(continuation); only the
 continuation tokens are scored (labels mask). For raw text the "prompt" is empty and every token
-after BOS is scored (MUSE PrivLeak, SCIENCE.md §5).
+after BOS is scored (MUSE PrivLeak, docs/science.md §5).
 """
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, labels_mask: t
     """log p(x_t | x_<t) for every position t ≥ 1, zeroed where labels_mask is 0.
 
     logits (B, T, V) → returns lp (B, T-1) [and μ_t, σ_t (B, T-1) of the predictive distribution,
-    for Min-K%++: μ = Σ_v p log p, σ² = Σ_v p (log p)² − μ², SCIENCE.md §5]."""
+    for Min-K%++: μ = Σ_v p log p, σ² = Σ_v p (log p)² − μ², docs/science.md §5]."""
     logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, T-1, V)
     tgt = input_ids[:, 1:]
     lp = logp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
@@ -86,7 +86,7 @@ def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, labels_mask: t
 
 
 def scored_log_softmax(logits: torch.Tensor, labels_mask: torch.Tensor) -> torch.Tensor:
-    """log p(· | x_<t) over the whole vocabulary at every scored position (for token-level KL, SCIENCE.md §2 KLR).
+    """log p(· | x_<t) over the whole vocabulary at every scored position (for token-level KL, docs/science.md §2 KLR).
 
     logits (B, T, V), labels_mask (B, T) → (N, V), N = labels_mask[:, 1:].sum(), rows in (example, position)
     order. Positions are selected before the softmax so memory is N·V, not B·T·V."""

@@ -127,7 +127,7 @@ def cached_measure(cache: Path, mid: dict, model_fn, tok, sets, precision: str, 
 
 
 def collapse_vs(target, model, cache: dict | None = None, per_layer: bool = True) -> dict:
-    """Collapse diagnostics of `model` vs the target under the release format (SCIENCE.md §1b)."""
+    """Collapse diagnostics of `model` vs the target under the release format (docs/science.md §1b)."""
     from ..attacks.collapse import collapse_diagnostics
 
     d = collapse_diagnostics(target, model, quantizer(RELEASE), cache=cache)

@@ -21,7 +21,7 @@ the output starts with an accepted answer followed by a word boundary ("Paris." 
 What this cannot give: the retrained reference θ_r (a model that never saw these facts) does not
 exist for a pretrained LLM, so forget quality (KS test vs θ_r), PrivLeak (needs AUC(θ_r)) and any
 "relative to retrained" figure are out of scope on this set; recall, answer probability and recovery
-relative to the target (SCIENCE.md §1) are what it supports.
+relative to the target (docs/science.md §1) are what it supports.
 """
 from __future__ import annotations
 
