@@ -37,7 +37,8 @@ def _items(spec: str | None):
 @attack_app.command("quantize")
 def quantize_cmd(model: Path = typer.Option(..., "--model", help="model folder (or .gguf) to quantize"),
                  out: Path = typer.Option(..., "--out", help="output model folder (dequantized weights + attack.json)"),
-                 bits: int = typer.Option(4, help="2–8 (backends support a subset, see docs/guides/quantization-backends.md)"),
+                 bits: int = typer.Option(4, help="2–8 (backends support a subset, see "
+                                                   "docs/guides/quantization-backends.md)"),
                  group: Optional[int] = typer.Option(None, help="group size along the input dim (32/64/128); default per channel"),
                  scheme: str = typer.Option("sym", help="RTN: sym (absmax) | asym (min/max + zero point)"),
                  backend: str = typer.Option("rtn", help="rtn | quanto | hqq | torchao | bnb"),
