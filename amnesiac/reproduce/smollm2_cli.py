@@ -1,4 +1,4 @@
-"""`amnesiac reproduce smollm2`: unlearn SmolLM2-135M (a real Q4_1 release) and re-quantize it (issue 10 part 5)."""
+"""`amnesiac reproduce smollm2`: unlearn SmolLM2-135M (a real Q4_1 release) and re-quantize it."""
 from __future__ import annotations
 
 from pathlib import Path

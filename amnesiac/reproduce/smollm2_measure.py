@@ -1,4 +1,4 @@
-"""Measuring one model as deployed (issue 10 part 5; used by smollm2.py and smollm2_sweep.py).
+"""Measuring one model as deployed (used by smollm2.py and smollm2_sweep.py).
 
 PRECISIONS are the deployments audited: full precision, the release format Q4_1 (Linear only, and the
 whole file as shipped: + the tied embedding at Q8_0), other GGUF formats, RTN, and HQQ. measure() scores

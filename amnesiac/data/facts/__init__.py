@@ -1,4 +1,4 @@
-"""Real-world knowledge probes (RWKU-style; issue 10 part 4): short completion facts such as
+"""Real-world knowledge probes (RWKU-style): short completion facts such as
 "The capital of Germany is" → "Berlin", the ones a given model knows, and a forget / retain / utility split.
 
 Data. `realworld.jsonl` (next to this file): 373 facts in 10 categories (capitals, languages,
