@@ -1,6 +1,6 @@
 """`amnesiac demo`: the quantization-recovery experiment on the embedded default, end to end.
 
-prepare tiny base/target/retrained → two scenarios (SCIENCE.md §1b):
+prepare tiny base/target/retrained → two scenarios (docs/science.md §1b):
   trained             the target as fine-tuned;
   released-quantized  the target's Linear weights rounded onto a 4-bit grid (symmetric, group 64), as if
                       it came from a quantized release; unlearned on those weights and re-quantized.
@@ -47,7 +47,7 @@ class DemoConfig:
     lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3)
     sure_lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2)  # SURE: ~10× larger lr, only salient rows move
     sure_percentile: float = 90.0
-    # quantization-aware variant (SCIENCE.md §2b): the same method and lr ladder, trained through the
+    # quantization-aware variant (docs/science.md §2b): the same method and lr ladder, trained through the
     # release grid (rtn4_g64 = RELEASE_GRID), early stop on the quantized model's forget recall
     robust: bool = True
     robust_to: str = "rtn4_g64"
@@ -57,7 +57,7 @@ class DemoConfig:
     scenarios: tuple[str, ...] = ("trained", "released-quantized")
     max_retain: int = 300
     n_boot: int = 1000
-    smollm2: bool = False  # issue 10: append the SmolLM2 rows (amnesiac.reproduce.smollm2_demo), off by default
+    smollm2: bool = False  # append the SmolLM2 rows (amnesiac.reproduce.smollm2_demo), off by default
 
 
 def _quantizer(cfg: dict):

@@ -1,4 +1,4 @@
-"""The evaluator: every metric of SCIENCE.md §5 on one model × one data bundle, sharing forward passes.
+"""The evaluator: every metric of docs/science.md §5 on one model × one data bundle, sharing forward passes.
 
 Flow: collect every (prompt, continuation) pair the metrics need → score each unique pair once
 (metrics.runner.Runner: batched, length-bucketed, cached on disk per model hash, resumable) → generate
@@ -133,18 +133,18 @@ def _qa_metrics(name: str, items: list[QAItem], s: dict, cfg: EvalConfig) -> dic
     res: dict[str, MetricResult] = {}
     gen = s["gen"]
     res["exact_match"] = _mr(f"{name}/exact_match", [exact_match(o, it.answer) for o, it in zip(gen, items)], hib, cfg,
-                             {"section": "SCIENCE.md §5 exact-match recall", "outputs": gen})
+                             {"section": "docs/science.md §5 exact-match recall", "outputs": gen})
     rg = [rouge_tofu(it.answer, o) for o, it in zip(gen, items)]
     res["rougeL_recall"] = _mr(f"{name}/rougeL_recall", [r["rougeL_recall"] for r in rg], hib, cfg,
                                {"rouge1_recall": mean(r["rouge1_recall"] for r in rg),
-                                "section": "SCIENCE.md §5 ROUGE-L recall (TOFU: stemmer, recall)"})
+                                "section": "docs/science.md §5 ROUGE-L recall (TOFU: stemmer, recall)"})
     ans_mean = [r["lp"].mean() for r in s["ans"]]
     if "wrong_mean" in s:
         res["prob"] = _mr(f"{name}/prob", tofu.normalized_probability(ans_mean, s["wrong_mean"]).tolist(), hib, cfg,
-                          {"normalised": True, "section": "SCIENCE.md §5 probability (options-normalised)"})
+                          {"normalised": True, "section": "docs/science.md §5 probability (options-normalised)"})
     else:
         res["prob"] = _mr(f"{name}/prob", tofu.probability(ans_mean).tolist(), hib, cfg,
-                          {"normalised": False, "section": "SCIENCE.md §5 probability P(a|q)^(1/|a|)"})
+                          {"normalised": False, "section": "docs/science.md §5 probability P(a|q)^(1/|a|)"})
     if "para_mean" in s:
         R = tofu.truth_ratio(s["para_mean"], s["pert_mean"])
         fa, ra = tofu.truth_ratio_forget_agg(R), tofu.truth_ratio_retain_agg(R)
@@ -155,7 +155,7 @@ def _qa_metrics(name: str, items: list[QAItem], s: dict, cfg: EvalConfig) -> dic
                                            "forget_agg": fa, "retain_agg": ra, "n": len(R),
                                            "ci95": _ci(np.minimum(R, 1 / R) if name == "forget" else np.maximum(0, 1 - R), cfg),
                                            "per_example_is": "R = P̄(perturbed)/P(paraphrased)",
-                                           "section": "SCIENCE.md §5 truth ratio"})
+                                           "section": "docs/science.md §5 truth ratio"})
     for m in memorization.memorization_results([r["am"] for r in s["ans"]], [r["ids"] for r in s["ans"]],
                                                f"{name}/", hib):
         m.meta["ci95"] = _ci(m.per_example, cfg)
@@ -261,7 +261,7 @@ def evaluate(model, tok, data: EvalData, config: EvalConfig | None = None, retra
             out["privleak"] = muse.privleak(auc_u, auc_r, meta)
         out["privleak_auc"] = MetricResult("privleak_auc", auc_u, [], False,
                                            {**meta, "labels": "forget=0, holdout=1; score = −Min-k",
-                                            "ideal": "AUC of the retrained model", "section": "SCIENCE.md §5 PrivLeak"})
+                                            "ideal": "AUC of the retrained model", "section": "docs/science.md §5 PrivLeak"})
 
     # MUSE VerbMem / KnowMem
     if data.verbmem:

@@ -1,4 +1,4 @@
-"""`amnesiac sweep`: the paper's learning-rate figure (SCIENCE.md §1).
+"""`amnesiac sweep`: the paper's learning-rate figure (docs/science.md §1).
 
 Unlearns one target at each learning rate (fixed step budget, no early stop, cached per lr), evaluates
 each unlearned model at each precision, and draws forget and retain recall vs lr (one line per precision)
@@ -28,7 +28,7 @@ class SweepConfig:
     lrs: list[float] = field(default_factory=lambda: [1e-6, 3e-6, 1e-5, 3e-5, 1e-4])
     bits: list[int] = field(default_factory=lambda: [16, 8, 4, 3])
     sure_percentile: float | None = None
-    robust_to: str | None = None  # quantization-aware runs (SCIENCE.md §2b): e.g. "rtn4_g64"
+    robust_to: str | None = None  # quantization-aware runs (docs/science.md §2b): e.g. "rtn4_g64"
     max_steps: int = 60
     batch_size: int = 8
     seed: int = 0

@@ -1,4 +1,4 @@
-"""`amnesiac sweep --grid-offset`: recovery vs how far the target sits off the release grid (SCIENCE.md §1b).
+"""`amnesiac sweep --grid-offset`: recovery vs how far the target sits off the release grid (docs/science.md §1b).
 
 §1b measured that 4-bit re-quantization brings forgotten knowledge back when the target's weights sit on
 the release grid and not when the target is trained normally. This axis draws the curve in between.
@@ -42,7 +42,7 @@ class OffsetSweepConfig:
     offsets: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.2, 0.4])
     bits: list[int] = field(default_factory=lambda: [16, 8, 4])
     sure_percentile: float | None = None
-    robust_to: str | None = None  # quantization-aware runs (SCIENCE.md §2b): e.g. "rtn4_g64"
+    robust_to: str | None = None  # quantization-aware runs (docs/science.md §2b): e.g. "rtn4_g64"
     max_steps: int = 60
     batch_size: int = 8
     seed: int = 0

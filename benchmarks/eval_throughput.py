@@ -130,7 +130,7 @@ def main():
     generate_greedy(model, tok, prompts[:4], 4, batch_size=4)  # warm-up both paths
     naive_generate(model, tok, prompts[:2], 4)
 
-    def em(outs):  # QA exact-match recall on the first line (SCIENCE.md §5)
+    def em(outs):  # QA exact-match recall on the first line (docs/science.md §5)
         return float(np.mean([exact_match(o, it.answer) for o, it in zip(outs, items)]))
 
     def rouge(outs):  # VerbMem: ROUGE-L F1 vs the rest of the biography cut to max_new tokens (§5)

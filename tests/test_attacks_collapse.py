@@ -1,4 +1,4 @@
-"""Collapse diagnostic (SCIENCE.md §1b) on constructed model pairs with known answers."""
+"""Collapse diagnostic (docs/science.md §1b) on constructed model pairs with known answers."""
 import copy
 
 import pytest

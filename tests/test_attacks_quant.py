@@ -1,4 +1,4 @@
-"""Exact RTN (SCIENCE.md §3): hand-computed values, idempotence, error bound, remainder groups."""
+"""Exact RTN (docs/science.md §3): hand-computed values, idempotence, error bound, remainder groups."""
 import copy
 
 import pytest

@@ -1,4 +1,4 @@
-"""Metric definitions (SCIENCE.md §5) on hand-made numbers; expected values computed by hand here."""
+"""Metric definitions (docs/science.md §5) on hand-made numbers; expected values computed by hand here."""
 from __future__ import annotations
 
 import math

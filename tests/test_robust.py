@@ -1,4 +1,4 @@
-"""Quantization-aware unlearning (SCIENCE.md §2b): quantizer names, the fake-quant view equals the attack
+"""Quantization-aware unlearning (docs/science.md §2b): quantizer names, the fake-quant view equals the attack
 bit for bit, straight-through gradients, robustness of forgetting to re-quantization, saved artefacts."""
 from __future__ import annotations
 

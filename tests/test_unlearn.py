@@ -1,4 +1,4 @@
-"""Unlearning methods, regularisers, reference handling, SURE, trainer (resume, NaN), LoRA, CLI (SCIENCE.md §1–2)."""
+"""Unlearning methods, regularisers, reference handling, SURE, trainer (resume, NaN), LoRA, CLI (docs/science.md §1–2)."""
 from __future__ import annotations
 
 import copy

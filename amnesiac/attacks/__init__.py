@@ -1,4 +1,4 @@
-"""Attacks: every cheap way to bring unlearned knowledge back (SCIENCE.md §3, §4), and the collapse
+"""Attacks: every cheap way to bring unlearned knowledge back (docs/science.md §3, §4), and the collapse
 diagnostic (§1b). Importing this package registers them (`amnesiac ls attacks`); optional quantization
 libraries are imported only when their backend is used."""
 from . import collapse, probes, prompts, quantize, relearn  # noqa: F401  (register)

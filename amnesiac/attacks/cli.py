@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 attack_app = typer.Typer(no_args_is_help=True, add_completion=False,
-                         help="Attacks that try to bring unlearned knowledge back (SCIENCE.md §3, §4).")
+                         help="Attacks that try to bring unlearned knowledge back (docs/science.md §3, §4).")
 
 
 def _console():
@@ -37,7 +37,8 @@ def _items(spec: str | None):
 @attack_app.command("quantize")
 def quantize_cmd(model: Path = typer.Option(..., "--model", help="model folder (or .gguf) to quantize"),
                  out: Path = typer.Option(..., "--out", help="output model folder (dequantized weights + attack.json)"),
-                 bits: int = typer.Option(4, help="2–8 (backends support a subset, see README)"),
+                 bits: int = typer.Option(4, help="2–8 (backends support a subset, see "
+                                                   "docs/guides/quantization-backends.md)"),
                  group: Optional[int] = typer.Option(None, help="group size along the input dim (32/64/128); default per channel"),
                  scheme: str = typer.Option("sym", help="RTN: sym (absmax) | asym (min/max + zero point)"),
                  backend: str = typer.Option("rtn", help="rtn | quanto | hqq | torchao | bnb"),
@@ -69,7 +70,7 @@ def collapse_cmd(target: Path = typer.Option(..., "--target", help="model before
                  kind: Optional[str] = typer.Option(None, help="gguf format (q4_0, q4_1, q5_0, q5_1, q8_0)"),
                  out: Optional[Path] = typer.Option(None, help="JSON file (or folder) for the full report"),
                  layers: int = typer.Option(12, help="per-layer rows to print (lowest collapse rate first)")):
-    """Collapse diagnostic (SCIENCE.md §1b): collapse rate, drift kept, |Δw|/Δ and the target's grid offset."""
+    """Collapse diagnostic (docs/science.md §1b): collapse rate, drift kept, |Δw|/Δ and the target's grid offset."""
     from rich.table import Table
 
     from ..models import load_model

@@ -1,4 +1,4 @@
-"""Collapse diagnostic: does quantization map the unlearned model back onto the target? (SCIENCE.md §1b)
+"""Collapse diagnostic: does quantization map the unlearned model back onto the target? (docs/science.md §1b)
 
 For a target θ_t and an unlearned θ_u, under one quantizer Q with integer codes (RTN, or any object
 whose `quantize(w)` returns a QTensor-like with codes_flat / step_flat / zero_flat / dequantize):

@@ -1,4 +1,4 @@
-"""Hidden-knowledge probes (SCIENCE.md §4): is the answer still decodable from the hidden states?
+"""Hidden-knowledge probes (docs/science.md §4): is the answer still decodable from the hidden states?
 
 Both probes read the residual stream at the last prompt token ("...Answer:"), the position whose
 next-token prediction is the answer's first token. hidden_states[ℓ] for ℓ = 0 (embeddings) … L.

@@ -1,4 +1,4 @@
-"""Prompt attacks (SCIENCE.md §4): the same questions, asked differently. No weight changes.
+"""Prompt attacks (docs/science.md §4): the same questions, asked differently. No weight changes.
 
 A transformation maps each QA item to one or more prompt variants (`list[list[str]]`, one inner list
 per item). The runner generates greedily (core.generate_greedy) and scores exact match per variant;

@@ -22,7 +22,7 @@ def _lib_version(backend: str) -> str | None:
 def quantize_attack(model, tok=None, backend: str = "rtn", bits: int = 4, group: int | None = None,
                     scheme: str = "sym", kind: str | None = None, embeddings: bool = False, lm_head: bool = False,
                     native: bool = False, include: str | None = None, exclude: str | None = None) -> AttackResult:
-    """Weight quantization (RTN or a real backend): returns the deployed model (SCIENCE.md §3).
+    """Weight quantization (RTN or a real backend): returns the deployed model (docs/science.md §3).
 
     native=False (default): a plain model whose weights are the backend's dequantized weights, exact
     for weight-only quantization and fast everywhere. native=True: the library's own low-bit modules

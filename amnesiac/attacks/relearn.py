@@ -1,4 +1,4 @@
-"""Relearning attack (SCIENCE.md §4): a few fine-tuning steps on part of the forget set bring back the rest?
+"""Relearning attack (docs/science.md §4): a few fine-tuning steps on part of the forget set bring back the rest?
 
 The forget set F is split into a relearn part (fraction `fraction`) and a held-out part; the
 unlearned model is fine-tuned for `steps` steps on the relearn part and exact-match recall is measured

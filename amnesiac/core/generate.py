@@ -51,7 +51,7 @@ def generate_greedy(model, tokenizer, prompts: Sequence[str], max_new_tokens: in
     """Greedy continuation of each prompt. Returns decoded texts (cut before the first stop string),
     and the generated ids too when `return_ids`.
 
-    Decoding: `skip_special_tokens=True, clean_up_tokenization_spaces=True` (MUSE's settings, SCIENCE.md §5).
+    Decoding: `skip_special_tokens=True, clean_up_tokenization_spaces=True` (MUSE's settings, docs/science.md §5).
     """
     dev = _device_of(model)
     pre = special_prefix(tokenizer) if add_special_tokens else []

@@ -4,7 +4,7 @@ Shapes: B = batch, T = padded sequence length, V = vocabulary.
 A pair (prompt, continuation) is encoded as prefix + ids(prompt) + ids(continuation), where prefix
 holds the special tokens the tokenizer itself puts before a text (`special_prefix`: [BOS] for Llama and
 the tiny models, nothing for SmolLM2 or GPT-2) — never a BOS the tokenizer would not add, as MUSE's
-and TOFU's reference code tokenize (SCIENCE.md §5). Only the continuation tokens are scored (labels
+and TOFU's reference code tokenize (docs/science.md §5). Only the continuation tokens are scored (labels
 mask). For raw text the "prompt" is empty and every token after the first is scored (PrivLeak).
 """
 from __future__ import annotations
@@ -96,7 +96,7 @@ def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, labels_mask: t
     """log p(x_t | x_<t) for every position t ≥ 1, zeroed where labels_mask is 0.
 
     logits (B, T, V) → returns lp (B, T-1) [and μ_t, σ_t (B, T-1) of the predictive distribution,
-    for Min-K%++: μ = Σ_v p log p, σ² = Σ_v p (log p)² − μ², SCIENCE.md §5]. Only the scored positions
+    for Min-K%++: μ = Σ_v p log p, σ² = Σ_v p (log p)² − μ², docs/science.md §5]. Only the scored positions
     are normalised, LOGSOFTMAX_CHUNK at a time in float32, so no (B, T, V) float32 copy is ever made."""
     B, T = input_ids.shape
     sel = labels_mask[:, 1:].bool()  # (B, T-1)
@@ -127,7 +127,7 @@ def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, labels_mask: t
 
 
 def scored_log_softmax(logits: torch.Tensor, labels_mask: torch.Tensor) -> torch.Tensor:
-    """log p(· | x_<t) over the whole vocabulary at every scored position (for token-level KL, SCIENCE.md §2 KLR).
+    """log p(· | x_<t) over the whole vocabulary at every scored position (for token-level KL, docs/science.md §2 KLR).
 
     logits (B, T, V), labels_mask (B, T) → (N, V), N = labels_mask[:, 1:].sum(), rows in (example, position)
     order. Positions are selected before the softmax so memory is N·V, not B·T·V."""

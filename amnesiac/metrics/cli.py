@@ -48,7 +48,7 @@ def register(app: typer.Typer) -> None:
                  device: str = typer.Option("auto"), dtype: str = typer.Option("float32"),
                  cache: bool = typer.Option(True, help="per-example cache under $AMNESIAC_HOME/cache (resumable)"),
                  progress: bool = typer.Option(True)):
-        """Evaluate one model: TOFU, MUSE, MIA and memorisation metrics (SCIENCE.md §5)."""
+        """Evaluate one model: TOFU, MUSE, MIA and memorisation metrics (docs/science.md §5)."""
         import time
 
         import torch

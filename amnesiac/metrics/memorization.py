@@ -1,4 +1,4 @@
-"""Exact memorisation and extraction strength from teacher-forced argmax predictions (SCIENCE.md §5).
+"""Exact memorisation and extraction strength from teacher-forced argmax predictions (docs/science.md §5).
 
 Inputs per item: the answer's token ids y (length n) and the model's argmax prediction at each of those
 positions given the true prefix (core.score_pairs(..., with_argmax=True)).
@@ -38,6 +38,6 @@ def memorization_results(argmax_ids: list, ids: list, prefix: str = "", higher_i
     """Exact memorisation and extraction strength per item (teacher-forced argmax vs answer tokens)."""
     em = [exact_memorization(a, y) for a, y in zip(argmax_ids, ids)]
     es = [extraction_strength(a, y) for a, y in zip(argmax_ids, ids)]
-    sec = {"section": "SCIENCE.md §5 extraction strength / exact memorisation", "n": len(ids)}
+    sec = {"section": "docs/science.md §5 extraction strength / exact memorisation", "n": len(ids)}
     return [MetricResult(f"{prefix}exact_memorization", mean(em), em, higher_is_better, sec),
             MetricResult(f"{prefix}extraction_strength", mean(es), es, higher_is_better, sec)]

@@ -1,4 +1,4 @@
-"""Membership-inference scores per sequence and their AUC / TPR at low FPR (SCIENCE.md §5 MIA).
+"""Membership-inference scores per sequence and their AUC / TPR at low FPR (docs/science.md §5 MIA).
 
 THE SIGN CONVENTION (stated once, here): every score returned by this module is "higher = more likely a
 member" (member = a sequence the model was trained on, e.g. the forget set; non-member = holdout).
@@ -85,7 +85,7 @@ def attack_result(name: str, member: Sequence[float], nonmember: Sequence[float]
                         False, {"tpr@1%fpr": tpr_at_fpr(member, nonmember, 0.01),
                                 "tpr@5%fpr": tpr_at_fpr(member, nonmember, 0.05), "n_member": len(member),
                                 "n_nonmember": len(nonmember), "convention": "higher score = member",
-                                "section": "SCIENCE.md §5 MIA", **(meta or {})})
+                                "section": "docs/science.md §5 MIA", **(meta or {})})
 
 
 @register("metrics", "mia")

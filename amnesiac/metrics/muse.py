@@ -1,6 +1,6 @@
 """MUSE metrics (Shi et al. 2024): VerbMem, KnowMem, PrivLeak, and loaders for the MUSE file layout.
 
-SCIENCE.md §5 "Memorisation and knowledge on raw text": the reference code fixes prompt formats, cut
+docs/science.md §5 "Memorisation and knowledge on raw text": the reference code fixes prompt formats, cut
 rules and ROUGE variants; they are reproduced here exactly. ROUGE = rouge-score RougeScorer(["rougeL"],
 use_stemmer=False), score(target=gt, prediction=output), value = F1 (text.rouge_muse).
 """
@@ -67,7 +67,7 @@ def knowmem(model, tok, items: Sequence[QAItem], icl: Sequence[QAItem] = (), nam
                               stop_strings=KNOWMEM_CUTS, batch_size=batch_size)
         outputs = [knowmem_cut(o) for o in raw]
     return _rouge_result(name, [it.answer for it in items], outputs, higher_is_better,
-                         {"outputs": outputs, "n_icl": len(icl), "section": "SCIENCE.md §5 KnowMem"})
+                         {"outputs": outputs, "n_icl": len(icl), "section": "docs/science.md §5 KnowMem"})
 
 
 # ---- VerbMem -------------------------------------------------------------------------------
@@ -90,7 +90,7 @@ def verbmem(model, tok, items: Sequence[VerbItem], name: str = "verbmem", higher
         outputs = generate_greedy(model, tok, [it.prompt for it in items], max_new_tokens, batch_size=batch_size)
     golds = [verbmem_gt_cut(tok, it.gt, max_new_tokens) for it in items]
     return _rouge_result(name, golds, outputs, higher_is_better,
-                         {"outputs": outputs, "section": "SCIENCE.md §5 VerbMem"})
+                         {"outputs": outputs, "section": "docs/science.md §5 VerbMem"})
 
 
 # ---- PrivLeak ------------------------------------------------------------------------------
@@ -121,7 +121,7 @@ def privleak(auc_unlearned: float, auc_retrained: float, meta: dict | None = Non
     v = (auc_unlearned - auc_retrained) / auc_retrained * 100.0 if auc_retrained > 0 else float("nan")
     return MetricResult("privleak", float(v), [], False,
                         {"auc": auc_unlearned, "auc_retrained": auc_retrained, "ideal": 0.0,
-                         "section": "SCIENCE.md §5 PrivLeak", **(meta or {})})
+                         "section": "docs/science.md §5 PrivLeak", **(meta or {})})
 
 
 # ---- Loaders for the MUSE layout -----------------------------------------------------------

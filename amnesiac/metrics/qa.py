@@ -23,7 +23,7 @@ def qa_generate(model, tok, items: list[QAItem], max_new_tokens: int = 16, batch
 
 @register("metrics", "exact_match_recall")
 def exact_match_recall(model, tok, items: list[QAItem], outputs: list[str] | None = None, **kw) -> MetricResult:
-    """Fraction of items whose greedy answer, normalised, equals the gold answer (SCIENCE.md §5, bios)."""
+    """Fraction of items whose greedy answer, normalised, equals the gold answer (docs/science.md §5, bios)."""
     outs = outputs if outputs is not None else qa_generate(model, tok, items, **kw)
     per = [exact_match(o, it.answer) for o, it in zip(outs, items)]
     return MetricResult("exact_match_recall", mean(per), per, True,
@@ -40,7 +40,7 @@ def rouge_recall(model, tok, items: list[QAItem], outputs: list[str] | None = No
 
 @register("metrics", "answer_prob")
 def answer_prob(model, tok, items: list[QAItem], batch_size: int = 32, template: str = QA_TEMPLATE) -> MetricResult:
-    """TOFU probability: P(a|q)^(1/|a|), the per-token geometric mean (SCIENCE.md §5)."""
+    """TOFU probability: P(a|q)^(1/|a|), the per-token geometric mean (docs/science.md §5)."""
     sc = score_pairs(model, tok, [item_prompt(it, template) for it in items],
                      [qa_answer(it.answer) for it in items], batch_size=batch_size)
     per = np.exp(sc.mean).tolist()

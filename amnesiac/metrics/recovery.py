@@ -1,4 +1,4 @@
-"""Recovery: how much forgotten knowledge an attack brings back (SCIENCE.md §5 "Recovery").
+"""Recovery: how much forgotten knowledge an attack brings back (docs/science.md §5 "Recovery").
 
 m is a knowledge metric on F where higher = more remembered (e.g. forget exact-match or VerbMem).
 - recovery ratio      = m(θ_u, attack) / m(θ_t)                       (the paper's %)
@@ -38,7 +38,7 @@ def recovery(metric: str, m_target: float, m_unlearned: float, m_attacked: float
     """All recovery numbers for one metric and one attack. Higher = more knowledge came back, so
     higher_is_better=False from the unlearning side (an audit wants them ≈ the floor)."""
     meta = {"metric": metric, "attack": attack, "m_target": m_target, "m_unlearned": m_unlearned,
-            "m_attacked": m_attacked, "m_retrained_attacked": m_retrained_attacked, "section": "SCIENCE.md §5 Recovery"}
+            "m_attacked": m_attacked, "m_retrained_attacked": m_retrained_attacked, "section": "docs/science.md §5 Recovery"}
     out = [MetricResult("recovery_ratio", recovery_ratio(m_attacked, m_target), [], False, meta),
            MetricResult("recovered_fraction", recovered_fraction(m_attacked, m_unlearned, m_target), [], False, meta)]
     if m_retrained_attacked is not None:

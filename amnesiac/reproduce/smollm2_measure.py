@@ -1,4 +1,4 @@
-"""Measuring one model as deployed (issue 10 part 5; used by smollm2.py and smollm2_sweep.py).
+"""Measuring one model as deployed (used by smollm2.py and smollm2_sweep.py).
 
 PRECISIONS are the deployments audited: full precision, the release format Q4_1 (Linear only, and the
 whole file as shipped: + the tied embedding at Q8_0), other GGUF formats, RTN, and HQQ. measure() scores
@@ -127,7 +127,7 @@ def cached_measure(cache: Path, mid: dict, model_fn, tok, sets, precision: str, 
 
 
 def collapse_vs(target, model, cache: dict | None = None, per_layer: bool = True) -> dict:
-    """Collapse diagnostics of `model` vs the target under the release format (SCIENCE.md §1b)."""
+    """Collapse diagnostics of `model` vs the target under the release format (docs/science.md §1b)."""
     from ..attacks.collapse import collapse_diagnostics
 
     d = collapse_diagnostics(target, model, quantizer(RELEASE), cache=cache)

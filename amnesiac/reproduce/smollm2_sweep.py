@@ -1,5 +1,5 @@
 """The lr × steps sweep of `amnesiac reproduce smollm2`: where does unlearning start to survive
-re-quantization to the release format, and what does that cost? (SCIENCE.md §1, §1b)
+re-quantization to the release format, and what does that cost? (docs/science.md §1, §1b)
 
 One method, constant lr, checkpoints at a few step counts of one run per lr (the model is evaluated in
 a training callback, so `steps` (2, 8) costs one 8-step run, not two). At each checkpoint: forget /

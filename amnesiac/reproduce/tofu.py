@@ -6,11 +6,11 @@
    TOFU's recipe shape (AdamW, constant lr, a fixed number of epochs over the forget set, retain90 as the
    regulariser's retain set), no early stopping (exact match is meaningless on TOFU's sentence answers);
 3. evaluate every model at full precision, 8-bit and 4-bit (demo.PRECISIONS: RTN per channel / sym g64)
-   with TOFU's metrics (evaluate.py → metrics/tofu.py, SCIENCE.md §5): forget quality = KS-test p-value of
+   with TOFU's metrics (evaluate.py → metrics/tofu.py, docs/science.md §5): forget quality = KS-test p-value of
    the forget-set truth ratios against the retrained model's *at the same precision* (θ_r is the floor under
    the same attack, §5 "Recovery"), model utility = harmonic mean of the 9 numbers on retain / real authors /
    world facts, and ROUGE-L recall on forget10 and retain (how well the tiny target learned TOFU at all).
-Scenarios as in the demo (SCIENCE.md §1b): `trained`, and `released-quantized` (target and retrained
+Scenarios as in the demo (docs/science.md §1b): `trained`, and `released-quantized` (target and retrained
 rounded onto the 4-bit g64 release grid first). Outputs: summary.json (rows + learning + seed/versions/config,
 wall times), report.md/html, a rich table. Every step is cached; a killed run resumes.
 """
@@ -25,7 +25,7 @@ from ..io import hash_obj, read_json, versions, write_json
 METHODS = ["ga_gdr", "ga_klr", "npo_gdr", "npo_klr"]
 PRECISION_NAMES = ["fp", "8bit", "4bit"]
 # Sized by measurement on 2 CPU cores (1 thread): 0.98 M parameters with the 2048-token vocabulary, one epoch
-# of `full` ≈ 67 s; hidden 128 took 88 s. See README "TOFU in miniature".
+# of `full` ≈ 67 s; hidden 128 took 88 s. See docs/results/tofu.md.
 ARCH = dict(hidden_size=96, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4)
 
 
@@ -45,7 +45,7 @@ class TofuConfig:
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     sure: bool = False
     unlearn_lr: float = 1e-4
-    sure_lr: float = 1e-3  # SURE: ~10× larger lr on the top-10 % salient rows (SCIENCE.md §1)
+    sure_lr: float = 1e-3  # SURE: ~10× larger lr on the top-10 % salient rows (docs/science.md §1)
     sure_percentile: float = 90.0
     unlearn_epochs: float = 3.0
     unlearn_batch_size: int = 16

@@ -1,6 +1,6 @@
 """TOFU's models in miniature: tokenizer, base, target (fine-tuned on `full`), retrained (on `retain90`).
 
-TOFU (Maini et al. 2024, SCIENCE.md §6) fine-tunes a pretrained chat LLM on all 4 000 QA pairs → target, and
+TOFU (Maini et al. 2024, docs/science.md §6) fine-tunes a pretrained chat LLM on all 4 000 QA pairs → target, and
 on the retain split only → retrained. Here, on a CPU, in minutes:
 - tokenizer: byte-level BPE trained on TOFU's own text (every split, paraphrased / perturbed answers, holdout,
   real authors, world facts) plus the pretraining corpus, so TOFU's names and vocabulary are spelled in few

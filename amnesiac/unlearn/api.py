@@ -84,7 +84,7 @@ def _snapshot(model, source: Path | None) -> Callable[[], dict[str, torch.Tensor
 
 def weight_drift(model, before: dict[str, torch.Tensor], group: int = 64, bits: int = 4) -> dict:
     """mean |Δw| over all weights, and over ≥2-D weights in units of the target's symmetric RTN step
-    Δ = max|w|/(2^(b−1) − 1) per group of `group` inputs (SCIENCE.md §3), i.e. the |Δw|/Δ the paper's
+    Δ = max|w|/(2^(b−1) − 1) per group of `group` inputs (docs/science.md §3), i.e. the |Δw|/Δ the paper's
     mechanism is about (§1: below ½ a step, 4-bit quantization can snap θ_u back onto θ_t)."""
     tot = n = 0.0
     q_tot = q_n = 0.0
@@ -123,7 +123,7 @@ def unlearn(model, forget, retain=None, *, tokenizer=None, out: str | os.PathLik
             config: UnlearnConfig | None = None, resume: bool = False, overwrite: bool = False,
             callbacks: Sequence[Callable[[dict], None]] = (), trust_remote_code: bool = False,
             **options) -> UnlearnResult:
-    """Unlearn `forget` from `model`, keeping `retain` (SCIENCE.md §1–2).
+    """Unlearn `forget` from `model`, keeping `retain` (docs/science.md §1–2).
 
     model: a model directory (safetensors + tokenizer) or a transformers model (trained in place; pass
     `tokenizer`). forget / retain: a data spec ("bios:forget10", "tofu:retain90", a .jsonl path) or a list of

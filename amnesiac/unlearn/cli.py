@@ -62,12 +62,12 @@ def register(app: typer.Typer) -> None:
         progress: bool = typer.Option(True, help="progress bar"),
         trust_remote_code: bool = typer.Option(False, help="allow the model's own Python code"),
     ):
-        """Unlearn FORGET from MODEL (keeping RETAIN) and save the result to OUT (SCIENCE.md §1–2).
+        """Unlearn FORGET from MODEL (keeping RETAIN) and save the result to OUT (docs/science.md §1–2).
 
         Example: amnesiac unlearn --model target --forget bios:forget10 --retain bios:retain90 --method npo_klr --lr 1e-5 --epochs 5 --out runs/npo_klr
 
         SURE: add --sure-percentile 90 (or use a *_sure method) and a ~10x larger --lr. LoRA: --lora-rank 8.
-        Quantization-aware (forgetting that survives the shipped format): --robust-to q4_1 (SCIENCE.md §2b).
+        Quantization-aware (forgetting that survives the shipped format): --robust-to q4_1 (docs/science.md §2b).
         Kill-safe: --checkpoint-every N, then rerun the same command with --resume.
         Multi-process (DDP): accelerate launch --num_processes N -m amnesiac.cli unlearn ... (or torchrun);
         --batch-size is then the global micro-batch, split across the N processes.

@@ -24,7 +24,7 @@ class UnlearnError(ValueError):
 class Split:
     """One encoded data set. `seqs[i]` = (token ids, start of the scored part) from core.encode_pairs.
 
-    QA: prompt = qa_prompt(q), continuation = qa_answer(a) + EOS → loss on answer tokens only (SCIENCE.md §2).
+    QA: prompt = qa_prompt(q), continuation = qa_answer(a) + EOS → loss on answer tokens only (docs/science.md §2).
     Raw text: empty prompt → every token after BOS is scored."""
     name: str
     items: list  # QAItem | str

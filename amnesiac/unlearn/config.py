@@ -11,7 +11,7 @@ from .common import UnlearnError
 
 @dataclass
 class UnlearnConfig:
-    # objective (SCIENCE.md §2)
+    # objective (docs/science.md §2)
     method: str = "npo"  # a method, optionally with a regulariser / _sure suffix: npo_klr, ga_gdr_sure
     regularizer: str | None = None  # none | gdr | klr (None: from the method name, else none)
     alpha: float = 1.0  # regulariser weight
@@ -44,7 +44,7 @@ class UnlearnConfig:
     # SURE
     sure_percentile: float | None = None
     sure_scope: str = "matrix"  # matrix | global
-    # quantization-aware unlearning (SCIENCE.md §2b; robust.py): train through these quantizers
+    # quantization-aware unlearning (docs/science.md §2b; robust.py): train through these quantizers
     robust_to: str | None = None  # comma list of quantizer names: q4_1,q8_0,rtn4_g128 (attacks.quant.spec)
     robust_noise: float = 0.0  # also train on θ + U(−σ/2, σ/2)·Δ(4-bit g64): unknown quantizers
     # LoRA
@@ -130,4 +130,4 @@ def wants_robust(name: str) -> bool:
     return name.lower().replace("-", "_").rstrip("_").endswith("_robust")
 
 
-SURE_DEFAULT_PERCENTILE = 90.0  # "_sure" without an explicit percentile: top 10 % of rows (SCIENCE.md §1)
+SURE_DEFAULT_PERCENTILE = 90.0  # "_sure" without an explicit percentile: top 10 % of rows (docs/science.md §1)

@@ -4,7 +4,7 @@ No DDP wrapper: the trainer keeps its one loop, and this module adds four things
 - Data: every rank loads the same model, data and reference and walks the same micro-batch index streams
   (trainer.Sampler). Rank r takes a contiguous, balanced, disjoint slice of each micro-batch (`shard`), so
   `batch_size` stays the *global* micro-batch and the trained weights do not depend on the number of processes.
-- Exact averaging: every loss term is a mean over units, either examples or scored tokens (UNITS; SCIENCE.md §2
+- Exact averaging: every loss term is a mean over units, either examples or scored tokens (UNITS; docs/science.md §2
   gives the losses). A rank's term is scaled by W·n_r/N (n_r its units, N those of the whole micro-batch), so the
   average of the ranks' gradients is the gradient of the global mean, up to float summation order.
 - `sync_grads`, called right after the micro-batch loop, all-reduces (averages) the gradients and the logged loss
@@ -14,7 +14,7 @@ No DDP wrapper: the trainer keeps its one loop, and this module adds four things
   value is broadcast, so all ranks stop at the same step.
 
 A rank that raises (bad data, a non-finite loss) exits; torchrun/accelerate then stop the other ranks.
-FSDP is not supported: see `init` for what is refused and README "Real models and GPUs" for what is missing.
+FSDP is not supported: see `init` for what is refused and docs/guides/multi-gpu.md for what is missing.
 """
 from __future__ import annotations
 
@@ -196,7 +196,7 @@ def init(device: str = "auto") -> tuple[Dist, str]:
         if os.environ.get(var, "").lower() in ("1", "true", "yes"):
             raise UnlearnError(f"`accelerate launch` with {what} is not supported by amnesiac's trainer; launch with "
                                "a plain multi-process config (DDP: `accelerate launch --multi_gpu --num_processes N`) "
-                               "or torchrun. What FSDP would need: README, section 'Real models and GPUs'")
+                               "or torchrun. What FSDP would need: docs/guides/multi-gpu.md")
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     dev = resolve_device(device)
     if dev.startswith("cuda"):

@@ -1,4 +1,4 @@
-"""GA: gradient ascent on the forget NLL (SCIENCE.md §2: loss = −CE(θ; F))."""
+"""GA: gradient ascent on the forget NLL (docs/science.md §2: loss = −CE(θ; F))."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""IdkDPO, SCIENCE.md §2: DPO with preferred = a refusal ("I don't know" variants), rejected = the true answer.
+"""IdkDPO, docs/science.md §2: DPO with preferred = a refusal ("I don't know" variants), rejected = the true answer.
 
 Loss as in the NPO / TOFU reference code: −(2/β) · E log σ( β[(log π_θ(y_w) − log π_ref(y_w))
 − (log π_θ(y_l) − log π_ref(y_l))] ), β = 0.1. (Rafailov et al.'s DPO omits the 2/β factor; it only

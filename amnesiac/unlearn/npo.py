@@ -1,4 +1,4 @@
-"""NPO (Zhang et al. 2024), SCIENCE.md §2: (2/β) · E_F[ log(1 + (π_θ(y|x)/π_ref(y|x))^β) ], β = 0.1."""
+"""NPO (Zhang et al. 2024), docs/science.md §2: (2/β) · E_F[ log(1 + (π_θ(y|x)/π_ref(y|x))^β) ], β = 0.1."""
 from __future__ import annotations
 
 import torch

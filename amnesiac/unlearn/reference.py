@@ -1,4 +1,4 @@
-"""The frozen reference π_ref (= the target before unlearning, SCIENCE.md §2) for NPO, IdkDPO, KLR, RMU.
+"""The frozen reference π_ref (= the target before unlearning, docs/science.md §2) for NPO, IdkDPO, KLR, RMU.
 
 Two ways, same numbers (tests/test_unlearn.py checks it):
 - "precompute": one pass over the needed splits before training; keep per-example results on CPU

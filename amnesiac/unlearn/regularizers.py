@@ -1,4 +1,4 @@
-"""Utility regularisers added to a forget loss with weight α on a paired retain batch (SCIENCE.md §2)."""
+"""Utility regularisers added to a forget loss with weight α on a paired retain batch (docs/science.md §2)."""
 from __future__ import annotations
 
 import torch

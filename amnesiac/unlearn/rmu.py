@@ -1,4 +1,4 @@
-"""RMU (Li et al. 2024, WMDP), SCIENCE.md §2: at decoder layer ℓ,
+"""RMU (Li et al. 2024, WMDP), docs/science.md §2: at decoder layer ℓ,
     ‖h_θ(x_F) − c·u‖² + α‖h_θ(x_R) − h_ref(x_R)‖²,
 u a fixed random unit vector, c the steering scale; only the MLPs of layers ℓ−2..ℓ are trained.
 

@@ -1,4 +1,4 @@
-"""Quantization-aware unlearning (SCIENCE.md §2b): train *through* the deployment quantizer.
+"""Quantization-aware unlearning (docs/science.md §2b): train *through* the deployment quantizer.
 
 Each micro-batch's forward and backward run on Q(θ) and the gradient is applied to the latent
 full-precision θ: the straight-through estimator ∂Q(θ)/∂θ ≈ I. It is implemented by a weight swap

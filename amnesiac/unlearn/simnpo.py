@@ -1,4 +1,4 @@
-"""SimNPO (Fan et al. 2024), SCIENCE.md §2: −(2/β) · E_F[ log σ( −(β/|y|) log π_θ(y|x) − γ ) ].
+"""SimNPO (Fan et al. 2024), docs/science.md §2: −(2/β) · E_F[ log σ( −(β/|y|) log π_θ(y|x) − γ ) ].
 
 Reference-free and length-normalised. Defaults β = 2.5, γ = 0 (the paper's TOFU setting)."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""SURE (SCIENCE.md §1): saliency-based unlearning. For every trained weight tensor, the saliency of each row
+"""SURE (docs/science.md §1): saliency-based unlearning. For every trained weight tensor, the saliency of each row
 (output unit; dim 0) is ‖∇_row L_forget‖₂, computed once on the whole forget set at θ_t. Only rows at or above
 the P-th percentile are updated. (The authors' released code computes the mask but never applies it; we apply it.)
 

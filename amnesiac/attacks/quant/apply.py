@@ -1,7 +1,7 @@
 """Apply a weight quantizer to a model: the dequantized weights replace the originals in a copy.
 
 The result is an ordinary transformers model computing with exactly the weights a weight-only
-low-bit deployment computes with, so every metric runs on it unchanged (SCIENCE.md §3).
+low-bit deployment computes with, so every metric runs on it unchanged (docs/science.md §3).
 A quantizer is any callable `w (R, C) -> dequantized w` (RTN here, a backend's own
 quantize→dequantize in backends/, GGUF formats later); those that also have `.quantize(w)`
 expose integer codes for the collapse diagnostic.
@@ -25,7 +25,7 @@ def select_weights(model, linear: bool = True, embeddings: bool = False, lm_head
     the parameter, so writing into it writes the model.
 
     Linear layers by default; the LM head and embeddings are left in full precision unless asked for
-    (the usual deployment choice, SCIENCE.md §3). With tied embeddings the head and the embedding
+    (the usual deployment choice, docs/science.md §3). With tied embeddings the head and the embedding
     are one tensor: it is quantized if either is selected. `include`/`exclude` are regexes on names."""
     import re
 
@@ -76,7 +76,7 @@ def quantize_model(model, quantizer: Callable[[torch.Tensor], torch.Tensor], inp
 
 
 def released_quantized(model, quantizer, **select):
-    """The "released-quantized" target of SCIENCE.md §1b: the model's Linear weights rounded onto the
+    """The "released-quantized" target of docs/science.md §1b: the model's Linear weights rounded onto the
     quantizer's grid (dequantized, full-precision dtype), as if it came from a quantized release."""
     return quantize_model(model, quantizer, **select)[0]
 

@@ -6,7 +6,8 @@ Every backend offers the same two things:
   the library's deployed weights (any metric runs on it, CPU or GPU);
 - `q.native(model)`: the library's model-level API, in place, with its real low-bit modules and
   kernels (what a user deploying the library runs); slower on CPU, used to check it still generates.
-Measured on CPU (torch 2.13.0, transformers 5.24) — see tests/test_attacks_backends.py and the README.
+Measured on CPU (torch 2.13.0, transformers 5.24) — see tests/test_attacks_backends.py and
+docs/guides/quantization-backends.md.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""bitsandbytes backend: what most users deploy (SCIENCE.md §3). kind = "nf4" | "fp4" (4-bit,
+"""bitsandbytes backend: what most users deploy (docs/science.md §3). kind = "nf4" | "fp4" (4-bit,
 absmax blocks of `group`, default 64 as in the paper's released code) or "int8" (LLM.int8 row-wise
 absmax, threshold 0 = no outlier decomposition). bitsandbytes ≥ 0.45 runs these on CPU (8-bit
 matmul casts activations to fp16)."""

@@ -1,4 +1,4 @@
-"""llama.cpp's GGUF block formats as quantizers (SCIENCE.md §1b, §3; issue 10 part 2).
+"""llama.cpp's GGUF block formats as quantizers (docs/science.md §1b, §3).
 
 Quantize→dequantize is done by the `gguf` package's own reference code (`gguf.quants.quantize` /
 `dequantize`, the numpy port of ggml-quants.c that llama.cpp's converter uses), so "re-quantize to

@@ -1,4 +1,4 @@
-"""HQQ backend (half-quadratic quantization: calibration-free optimisation of zero/scale, SCIENCE.md §3).
+"""HQQ backend (half-quadratic quantization: calibration-free optimisation of zero/scale, docs/science.md §3).
 Through hqq's own API (transformers' HqqConfig path is not implemented in transformers 5.x).
 8/4/3/2 bits, groups along the input dimension (axis=1); runs on CPU."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Round-to-nearest (RTN) weight quantization, exact and vectorised (SCIENCE.md §3).
+"""Round-to-nearest (RTN) weight quantization, exact and vectorised (docs/science.md §3).
 
 A quantizer is a pure function `w -> dequantized w` plus a `quantize(w) -> QTensor` accessor that
 exposes integer codes, per-group scales and zero points. Later users (GGUF formats, fake-quant

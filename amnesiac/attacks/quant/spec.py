@@ -3,7 +3,7 @@
 Accepted names: the audit's named attacks (`rtn8`, `rtn4_g64`, `hqq4`, `bnb_nf4`, …: NAMED below),
 RTN specs (`rtn4_g128`, `rtn4_asym_g128`, `rtn8_ch`: attacks.quant.rtn.parse_rtn) and llama.cpp GGUF
 formats (`q4_1`, `gguf_q8_0`: gguf_backend.parse_gguf). Each resolves to `get_quantizer(**config)`, so
-whoever asks for "q4_1" gets the very object the attack uses (one implementation, SCIENCE.md §2b).
+whoever asks for "q4_1" gets the very object the attack uses (one implementation, docs/science.md §2b).
 """
 from __future__ import annotations
 

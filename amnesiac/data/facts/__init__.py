@@ -1,4 +1,4 @@
-"""Real-world knowledge probes (RWKU-style; issue 10 part 4): short completion facts such as
+"""Real-world knowledge probes (RWKU-style): short completion facts such as
 "The capital of Germany is" → "Berlin", the ones a given model knows, and a forget / retain / utility split.
 
 Data. `realworld.jsonl` (next to this file): 373 facts in 10 categories (capitals, languages,
@@ -21,7 +21,7 @@ the output starts with an accepted answer followed by a word boundary ("Paris." 
 What this cannot give: the retrained reference θ_r (a model that never saw these facts) does not
 exist for a pretrained LLM, so forget quality (KS test vs θ_r), PrivLeak (needs AUC(θ_r)) and any
 "relative to retrained" figure are out of scope on this set; recall, answer probability and recovery
-relative to the target (SCIENCE.md §1) are what it supports.
+relative to the target (docs/science.md §1) are what it supports.
 """
 from __future__ import annotations
 
