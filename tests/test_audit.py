@@ -103,3 +103,55 @@ def test_unknown_metric_and_bad_margin_fail_before_work():
     for bad in (2.0, float("nan"), -0.1):
         with pytest.raises(ValueError, match="margin"):
             AuditConfig(margin=bad)
+
+
+@pytest.fixture(scope="module")
+def tofu_models(tmp_path_factory, tok):
+    """A tiny target that memorised 6 long TOFU answers (forget) + 6 others (retain), and a 'retrained' one that
+    saw only the retain 6: the TOFU-format case where exact match of a 16-token first line was vacuous."""
+    from amnesiac.core.logprobs import encode_pairs
+    from amnesiac.data import load_dataset, qa_answer, qa_prompt
+    from amnesiac.models import save_model
+    from amnesiac.models.train import train_lm
+
+    from conftest import make_tiny
+
+    items = [it for it in load_dataset("tofu:forget10") if 20 <= len(it.answer.split()) <= 28]
+    forget, retain = items[:6], items[6:12]
+    d = tmp_path_factory.mktemp("tofu_models")
+
+    def train(its, seed):
+        m = make_tiny(tok, seed=seed, hidden=64, layers=2, heads=4, inter=128)
+        ex = encode_pairs(tok, [qa_prompt(it.question) for it in its], [qa_answer(it.answer) + tok.eos_token for it in its])
+        train_lm(m, ex, tok.pad_token_id, epochs=150, lr=5e-3, batch_size=12, warmup=10, seed=seed, schedule="constant")
+        return m.eval()
+
+    save_model(train(forget + retain, 1), tok, d / "target")
+    save_model(train(retain, 2), tok, d / "retrained")
+    return d, forget, retain
+
+
+def test_tofu_format_verdict_measures_instead_of_passing(tofu_models, tmp_path):
+    d, forget, retain = tofu_models
+    cfg = AuditConfig(attacks=["fp", "rtn8"], n_boot=2000)
+    # "unlearned" = the target itself: it still knows every forget answer
+    s = Audit(str(d / "target"), str(d / "target"), forget, retain, tmp_path / "a", retrained=str(d / "retrained"),
+              config=cfg).run()
+    assert s["scoring"]["metric"] == "rougeL_recall" and "long answers" in s["scoring"]["reason"]
+    t = s["results"]["target"]["fp"]
+    assert t["forget_rougeL_recall"]["mean"] > 0.8  # memorised, and measured as such
+    # what the old verdict looked at: exact match of at most 16 generated tokens, ≈ 0 on long answers
+    from amnesiac.core import generate_greedy
+    from amnesiac.data.schema import item_prompt
+    from amnesiac.metrics.text import exact_match
+    from amnesiac.models import load_model
+
+    m, tk = load_model(d / "target")
+    old = [exact_match(o, it.answer) for o, it in zip(
+        generate_greedy(m, tk, [item_prompt(it) for it in forget], max_new_tokens=16, stop_strings=["\n"]), forget)]
+    assert sum(old) == 0
+    assert s["verdict"]["verdict"] == "FAIL" and "never removed" in s["verdict"]["reason"]
+    # forcing exact match on long answers cannot PASS: it is INCONCLUSIVE (the target shows nothing under it)
+    s2 = Audit(str(d / "target"), str(d / "target"), forget, retain, tmp_path / "b", retrained=str(d / "retrained"),
+               config=AuditConfig(attacks=["fp", "rtn8"], n_boot=2000, metric="exact_match")).run()
+    assert s2["verdict"]["verdict"] in ("INCONCLUSIVE", "FAIL") and s2["verdict"]["verdict"] != "PASS"
