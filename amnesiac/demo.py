@@ -18,16 +18,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .audit import MARGIN, boot_idx, ci_of, knowledge_at
-from .io import amnesiac_home, hash_obj, read_json, versions, write_json
+from .io import amnesiac_home, content_key, hash_obj, read_json, versions, write_json
+from .metrics.recovery import MARGIN
+from .runs import cached_measure, cached_unlearn
 
-RELEASE_GRID = dict(backend="rtn", bits=4, group=64, scheme="sym")
-PRECISIONS = {  # column name -> quantizer config (None = full precision)
-    "fp": None,
-    "8bit": dict(backend="rtn", bits=8, group=None, scheme="sym"),
-    "4bit": dict(RELEASE_GRID),
-    "3bit": dict(backend="rtn", bits=3, group=64, scheme="sym"),
-    "4bit_foreign": dict(backend="rtn", bits=4, group=128, scheme="asym"),
+RELEASE_GRID = "rtn4_g64"  # the 4-bit release grid (symmetric, group 64), a name of attacks/quant/spec.py
+PRECISIONS = {  # column label -> deployment (a quantizer name of the one vocabulary, or "fp")
+    "fp": "fp",
+    "8bit": "rtn8",
+    "4bit": RELEASE_GRID,
+    "3bit": "rtn3_g64",
+    "4bit_foreign": "rtn4_g128_asym",
 }
 METHODS = ["ga_gdr", "ga_klr", "npo_gdr", "npo_klr"]
 
@@ -56,14 +57,14 @@ class DemoConfig:
     batch_size: int = 8
     scenarios: tuple[str, ...] = ("trained", "released-quantized")
     max_retain: int = 300
-    n_boot: int = 1000
+    n_boot: int = 10000  # p ≥ 1/(n_boot+1): with ~50 deployments judged, Holm needs p well below 0.025/50
     smollm2: bool = False  # append the SmolLM2 rows (amnesiac.reproduce.smollm2_demo), off by default
 
 
-def _quantizer(cfg: dict):
-    from .attacks.quant.backends import get_quantizer
+def _quantizer(name: str):
+    from .attacks.quant.spec import quantizer_from_name
 
-    return get_quantizer(**cfg)
+    return quantizer_from_name(name)
 
 
 def scenario_models(paths: dict[str, Path], scenario: str, log=print) -> dict[str, Path]:
@@ -82,58 +83,65 @@ def scenario_models(paths: dict[str, Path], scenario: str, log=print) -> dict[st
             log(f"[demo] rounding {name} onto the 4-bit g64 grid (released-quantized scenario)")
             m, tok = load_model(paths[name], device="cpu")
             save_model(released_quantized(m, _quantizer(RELEASE_GRID)), tok, dst)
-            write_json(dst / "released.json", {"source": str(paths[name]), "grid": RELEASE_GRID})
+            write_json(dst / "released.json", {"source": str(paths[name]), "grid": RELEASE_GRID,
+                                               "source_key": content_key(paths[name])})
         out[name] = dst
     return out
 
 
 def run_unlearning(target: Path, method: str, sure: bool, cfg: DemoConfig, forget, retain, log=print,
                    robust: bool = False) -> Path:
-    """Unlearn at the smallest lr of the ladder that reaches the early-stop threshold (cached per lr).
-    robust: quantization-aware through cfg.robust_to (plain lr ladder; the monitor sees the quantized model)."""
-    from .unlearn import unlearn
-
+    """Unlearn at the smallest lr of the ladder that reaches the early-stop threshold (each run cached by content,
+    runs.cached_unlearn). robust: quantization-aware through cfg.robust_to (the monitor sees the quantized model)."""
     out = None
-    tag = ("_sure" if sure else "") + ("_robust" if robust else "")
+    tag = method + ("_sure" if sure else "") + ("_robust" if robust else "")
     for lr in (cfg.sure_lrs if sure else cfg.lrs):
         opts = dict(method=method, lr=lr, max_steps=cfg.max_steps, schedule="constant",
                     batch_size=cfg.batch_size, seed=cfg.seed, early_stop_recall=cfg.early_stop, early_stop_relative=True,
-                    early_stop_every=4, monitor_size=len(forget), progress=False)
+                    early_stop_every=4, monitor_size=len(forget))
         if sure:
             opts["sure_percentile"] = cfg.sure_percentile
         if robust:
             opts["robust_to"] = cfg.robust_to
-        out = target.parent / "unlearned" / f"{target.name}-{method}{tag}-{hash_obj(opts, 8)}"
-        if not (out / "unlearn.json").exists():
-            log(f"[demo] unlearning {target.name} with {method}{tag.replace('_', ' + ').upper()} at lr {lr:g}")
-            unlearn(str(target), forget, retain, out=out, overwrite=True, **opts)
+        out = cached_unlearn(target, forget, retain, opts, target.parent / "unlearned", tag=tag,
+                             log=lambda m: log(f"[demo] {m}"))
         if read_json(out / "unlearn.json").get("stopped_early"):
             break
     return out
 
 
-def eval_row(model_dir: Path, forget, retain, cfg: DemoConfig, cache_dir: Path, target_dir: Path | None = None) -> dict:
-    """Recall at every precision (+ collapse diagnostics at 4 bits vs the scenario's target), cached."""
+def eval_row(model_dir: Path, forget, retain, cfg: DemoConfig, cache_dir: Path, target_dir: Path | None = None,
+             scoring=None) -> dict:
+    """measure() at every precision (runs.cached_measure: keyed by content) + collapse diagnostics at 4 bits vs
+    the scenario's target (cached by both models' content)."""
+    from .measure import scoring_for
     from .models import load_model
 
-    key = hash_obj({"model": str(model_dir), "mtime": (model_dir / "model.safetensors").stat().st_mtime,
-                    "target": str(target_dir), "n_f": len(forget), "n_r": len(retain), "p": PRECISIONS})
-    cp = cache_dir / f"{key}.json"
-    if cp.exists():
-        return read_json(cp)
-    model, tok = load_model(model_dir, device="cpu")
-    row: dict = {"precisions": {}}
-    for p, qc in PRECISIONS.items():
-        row["precisions"][p] = knowledge_at(model, tok, forget, retain, qc)
-    if target_dir is not None:
-        from .attacks.collapse import collapse_diagnostics
+    scoring = scoring or scoring_for(forget)
+    held: list = []
 
-        t, _ = load_model(target_dir, device="cpu")
-        d = collapse_diagnostics(t, model, _quantizer(PRECISIONS["4bit"]))
-        row["collapse"] = {k: d["overall"][k] for k in ("collapse_rate", "drift_kept", "mean_abs_dw_over_step",
-                                                         "grid_offset_mean") if k in d["overall"]}
-        row["collapse_per_layer"] = {k: v["collapse_rate"] for k, v in d["layers"].items()}
-    write_json(cp, row)
+    def loaded():  # one load per row, shared by its precisions
+        if not held:
+            held.append(load_model(model_dir, device="cpu"))
+        return held[0]
+
+    sets = {"forget": forget, "retain": retain}
+    row: dict = {"precisions": {p: cached_measure(model_dir, name, sets, scoring, cache_dir, loaded=loaded)
+                                for p, name in PRECISIONS.items()}}
+    if target_dir is not None:
+        cp = cache_dir / f"collapse-{hash_obj([content_key(model_dir), content_key(target_dir), PRECISIONS['4bit']])}.json"
+        if cp.exists():
+            row.update(read_json(cp))
+        else:
+            from .attacks.collapse import collapse_diagnostics
+
+            t, _ = load_model(target_dir, device="cpu")
+            d = collapse_diagnostics(t, loaded()[0], _quantizer(PRECISIONS["4bit"]))
+            c = {"collapse": {k: d["overall"][k] for k in ("collapse_rate", "drift_kept", "mean_abs_dw_over_step",
+                                                           "grid_offset_mean") if k in d["overall"]},
+                 "collapse_per_layer": {k: v["collapse_rate"] for k, v in d["layers"].items()}}
+            write_json(cp, c)
+            row.update(c)
     return row
 
 
@@ -153,8 +161,13 @@ def run_demo(cfg: DemoConfig | None = None, out: str | Path = "demo", log=print)
     retain_all = load_qa_jsonl(data / f"retain{100 - int(tcfg['forget'][-2:])}.jsonl")
     rng = np.random.default_rng(cfg.seed)
     retain = [retain_all[i] for i in sorted(rng.choice(len(retain_all), min(cfg.max_retain, len(retain_all)), replace=False))]
+    from .measure import scoring_for
+    from .metrics.stats import bootstrap_ci
+
+    scoring = scoring_for(forget)
     cache = amnesiac_home() / "cache" / "demo"
     rows, raw, times = [], {}, {}
+    metric = scoring.metric
     for sc in cfg.scenarios:
         mods = scenario_models(paths, sc, log)
         entries = [("target", mods["target"], None), ("retrained", mods["retrained"], None)]
@@ -167,26 +180,26 @@ def run_demo(cfg: DemoConfig | None = None, out: str | Path = "demo", log=print)
                 times[f"{sc}/{meth}{tag}"] = round(time.time() - s, 1)
                 entries.append((meth.upper() + tag.upper(), u, mods["target"]))
         for name, mdir, tdir in entries:
-            r = eval_row(mdir, forget, retain, cfg, cache, tdir)
+            r = eval_row(mdir, forget, retain, cfg, cache, tdir, scoring)
             raw[(sc, name)] = r
             info = read_json(mdir / "unlearn.json") if (mdir / "unlearn.json").exists() else {}
             for p, k in r["precisions"].items():
-                f = np.asarray(k["forget_em"])
-                idx = boot_idx(len(f), cfg.n_boot, cfg.seed)
-                rows.append({"scenario": sc, "method": name, "precision": p,
-                             "forget_recall": float(f.mean()), "forget_recall_ci": ci_of(np.mean, [f], idx),
-                             "retain_recall": float(np.mean(k["retain_em"])),
-                             "forget_prob": float(np.mean(k["forget_prob"])),
+                f = np.asarray(k["forget"][metric])
+                rows.append({"scenario": sc, "method": name, "precision": p, "metric": metric,
+                             "forget_recall": float(f.mean()), "forget_recall_ci": list(bootstrap_ci(f, seed=cfg.seed)),
+                             "retain_recall": float(np.mean(k["retain"][metric])),
+                             "forget_prob": float(np.mean(k["forget"]["prob"])),
                              "collapse_rate": r.get("collapse", {}).get("collapse_rate") if p == "4bit" else None,
                              "drift_kept": r.get("collapse", {}).get("drift_kept") if p == "4bit" else None,
                              "mean_abs_dw_over_4bit_step": r.get("collapse", {}).get("mean_abs_dw_over_step") if p == "4bit" else None,
                              "steps": info.get("steps"), "lr": info.get("config", {}).get("lr"),
                              "stopped_early": info.get("stopped_early"), "model": str(mdir)})
-    verdicts = demo_verdicts(rows, raw, cfg)
+    verdicts = demo_verdicts(rows, raw, cfg, metric, scoring.reason)
     summary = {"schema": "amnesiac.demo/1", "config": cfg.__dict__, "rows": rows, "verdicts": verdicts,
                "prepare_s": round(t_prep, 1), "unlearn_s": times, "wall_s": round(time.time() - t0, 1),
                "models": {k: str(v) for k, v in paths.items()}, "versions": versions(), "seed": cfg.seed,
-               "release_grid": RELEASE_GRID, "precisions": PRECISIONS, "margin": MARGIN}
+               "release_grid": RELEASE_GRID, "precisions": PRECISIONS, "margin": MARGIN,
+               "scoring": scoring.to_json()}
     if cfg.smollm2:  # SmolLM2-135M, a real Q4_1 release: rows from `amnesiac reproduce smollm2` (cached)
         from .reproduce.smollm2_demo import add_to_demo
 
@@ -199,32 +212,39 @@ def run_demo(cfg: DemoConfig | None = None, out: str | Path = "demo", log=print)
     return summary
 
 
-def demo_verdicts(rows: list[dict], raw: dict, cfg: DemoConfig) -> dict:
-    """Per scenario: does any unlearned model's forget recall under some precision exceed the retrained
-    model's under the same precision (excess ≥ MARGIN, paired-bootstrap 95 % CI above 0)?"""
+def demo_verdicts(rows: list[dict], raw: dict, cfg: DemoConfig, metric: str = "exact_match", reason: str = "") -> dict:
+    """Per scenario, the one verdict (metrics.recovery.judge, docs/science.md §7) over every unlearned model
+    × deployment: knowledge comes back when a deployment lifts the model above both the retrained model under
+    the same deployment and the model's own reference level, Holm-corrected over all of them. The reference
+    level is full precision — except for a quantization-aware (`_ROBUST`) model, whose shipped artefact is the
+    format it was trained through (cfg.robust_to): that deployment is its reference and is not itself judged."""
+    from .metrics.recovery import Judged, judge
+
+    robust_label = next((lab for lab, name in PRECISIONS.items() if name == cfg.robust_to), None)
     out = {}
     for sc in cfg.scenarios:
-        worst = None
+        if (sc, "target") not in raw or (sc, "retrained") not in raw:
+            continue
+        t_fp = raw[(sc, "target")]["precisions"]["fp"]["forget"][metric]
+        judged = []
         for (s, name), r in raw.items():
             if s != sc or name in ("target", "retrained"):
                 continue
+            ref = robust_label if name.endswith("_ROBUST") and robust_label else "fp"
             for p, k in r["precisions"].items():
-                u = np.asarray(k["forget_em"])
-                ref = np.asarray(raw[(sc, "retrained")]["precisions"][p]["forget_em"])
-                fp = np.asarray(r["precisions"]["fp"]["forget_em"])
-                idx = boot_idx(len(u), cfg.n_boot, cfg.seed)
-                ex = float(u.mean() - ref.mean())
-                lo, hi = ci_of(lambda x, y: x.mean() - y.mean(), [u, ref], idx)
-                gain = float(u.mean() - fp.mean())
-                if ex >= MARGIN and lo > 0 and p != "fp" and (worst is None or gain > worst["gain_over_fp"]):
-                    worst = {"method": name, "precision": p, "forget_recall": float(u.mean()),
-                             "retrained_recall": float(ref.mean()), "excess_ci": [lo, hi], "gain_over_fp": gain}
-        if worst and worst["gain_over_fp"] >= MARGIN:
-            out[sc] = {"verdict": "FAIL", **worst,
-                       "reason": f"{sc}: {worst['method']} forget recall {worst['forget_recall']:.2f} at {worst['precision']} "
-                                 f"(vs {worst['retrained_recall']:.2f} retrained; {worst['gain_over_fp']:+.2f} over its own "
-                                 "full precision): the knowledge comes back"}
-        else:
-            out[sc] = {"verdict": "PASS", "reason": f"{sc}: no precision brings forget recall back above the retrained "
-                                                    f"model's by ≥ {MARGIN} beyond the unlearned model's own full-precision level"}
+                if p == ref:
+                    continue
+                judged.append(Judged(f"{name}@{p}", k["forget"][metric], t_fp,
+                                     floor=raw[(sc, "retrained")]["precisions"][p]["forget"][metric],
+                                     u_fp=r["precisions"][ref]["forget"][metric],
+                                     extra={"method": name, "precision": p, "reference": ref}))
+        if not judged:
+            continue
+        v = judge(judged, metric, reason, retrained_fp=raw[(sc, "retrained")]["precisions"]["fp"]["forget"][metric],
+                  margin=MARGIN, n_boot=cfg.n_boot, seed=cfg.seed)
+        v["reason"] = f"{sc}: {v['reason']}"
+        if v["verdict"] == "FAIL":
+            w = next(r for r in v["rows"] if r["attack"] == v["worst_attack"])
+            v.update(method=w["method"], precision=w["precision"])
+        out[sc] = v
     return out

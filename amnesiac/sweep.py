@@ -14,12 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .audit import knowledge_at
-from .io import hash_obj, read_json, versions, write_json
+from .io import content_key, hash_obj, read_json, versions, write_json
+from .runs import cached_measure, cached_unlearn, items_key
 
-BITS = {16: None, 8: dict(backend="rtn", bits=8, group=None, scheme="sym"),
-        4: dict(backend="rtn", bits=4, group=64, scheme="sym"), 3: dict(backend="rtn", bits=3, group=64, scheme="sym"),
-        2: dict(backend="rtn", bits=2, group=64, scheme="sym")}
+from .attacks.quant.spec import BIT_WIDTHS as BITS  # bit width -> deployment name; 16 = full precision
 
 
 @dataclass
@@ -48,9 +46,9 @@ class SweepConfig:
 def run_sweep(target: str | Path, forget, retain, out: str | Path, cfg: SweepConfig | None = None,
               log=print) -> dict:
     from .attacks.collapse import collapse_diagnostics
-    from .attacks.quant.backends import get_quantizer
+    from .attacks.quant.spec import quantizer_from_name
+    from .measure import scoring_for
     from .models import load_model
-    from .unlearn import unlearn
 
     cfg = cfg or SweepConfig()
     cfg.check()
@@ -58,38 +56,45 @@ def run_sweep(target: str | Path, forget, retain, out: str | Path, cfg: SweepCon
         raise ValueError("the forget set is empty")
     out, target = Path(out), Path(target)
     t0 = time.time()
+    scoring = scoring_for(forget)
+    metric = scoring.metric
     tmodel, tok = load_model(target, device="cpu")
-    q4 = get_quantizer(**BITS[4])
+    q4 = quantizer_from_name(BITS[4])
     rows = []
+    sets = {"forget": forget, "retain": retain}
     for lr in cfg.lrs:
         opts = dict(method=cfg.method, lr=lr, max_steps=cfg.max_steps, schedule="constant",
-                    batch_size=cfg.batch_size, seed=cfg.seed, progress=False)
+                    batch_size=cfg.batch_size, seed=cfg.seed)
         if cfg.sure_percentile is not None:
             opts["sure_percentile"] = cfg.sure_percentile
         if cfg.robust_to:
             opts["robust_to"] = cfg.robust_to
-        udir = out / "models" / f"lr{lr:g}-{hash_obj({'t': str(target), **opts}, 8)}"
-        if not (udir / "unlearn.json").exists():
-            log(f"[sweep] {cfg.method} at lr {lr:g}")
-            unlearn(str(target), forget, retain, out=udir, overwrite=True, **opts)
-        cp = udir / "sweep_eval.json"
-        key = hash_obj({"bits": cfg.bits, "n_f": len(forget), "n_r": len(retain)})
-        ev = read_json(cp) if cp.exists() else None
-        if ev is None or ev.get("key") != key:
-            model, _ = load_model(udir, device="cpu")
-            ev = {"key": key, "bits": {}}
-            for b in cfg.bits:
-                k = knowledge_at(model, tok, forget, retain, BITS[b])
-                ev["bits"][str(b)] = {"forget_recall": float(np.mean(k["forget_em"])),
-                                      "retain_recall": float(np.mean(k["retain_em"]))}
-            d = collapse_diagnostics(tmodel, model, q4)["overall"]
-            ev["collapse_rate_4bit"], ev["drift_kept_4bit"] = d["collapse_rate"], d.get("drift_kept")
-            write_json(cp, ev)
-        for b, v in ev["bits"].items():
-            rows.append({"lr": lr, "bits": int(b), **v, "collapse_rate_4bit": ev["collapse_rate_4bit"],
-                         "drift_kept_4bit": ev["drift_kept_4bit"], "model": str(udir)})
-    summary = {"schema": "amnesiac.sweep/1", "config": cfg.__dict__, "target": str(target), "rows": rows,
-               "versions": versions(), "wall_s": round(time.time() - t0, 1)}
+        # keyed by the target's content, the data and the recipe: another forget set never reuses these models
+        udir = cached_unlearn(target, forget, retain, opts, out / "models", tag=f"lr{lr:g}",
+                              log=lambda m: log(f"[sweep] {m}"))
+        held: list = []
+
+        def loaded():
+            if not held:
+                held.append(load_model(udir, device="cpu"))
+            return held[0]
+
+        ev = {str(b): cached_measure(udir, BITS[b], sets, scoring, out / "cache", loaded=loaded) for b in cfg.bits}
+        cp = out / "cache" / f"collapse-{hash_obj([content_key(target), content_key(udir)])}.json"
+        if cp.exists():
+            d = read_json(cp)
+        else:
+            d = collapse_diagnostics(tmodel, loaded()[0], q4)["overall"]
+            d = {"collapse_rate": d["collapse_rate"], "drift_kept": d.get("drift_kept")}
+            write_json(cp, d)
+        for b, v in ev.items():
+            rows.append({"lr": lr, "bits": int(b), "metric": metric,
+                         "forget_recall": float(np.mean(v["forget"][metric])),
+                         "retain_recall": float(np.mean(v["retain"][metric])),
+                         "collapse_rate_4bit": d["collapse_rate"], "drift_kept_4bit": d["drift_kept"], "model": str(udir)})
+    summary = {"schema": "amnesiac.sweep/2", "config": cfg.__dict__, "target": str(target),
+               "target_key": content_key(target), "data": {"forget": items_key(forget), "retain": items_key(retain)},
+               "scoring": scoring.to_json(), "rows": rows, "versions": versions(), "wall_s": round(time.time() - t0, 1)}
     write_json(out / "summary.json", summary)
     _plots(summary, out)
     return summary

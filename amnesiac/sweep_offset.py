@@ -31,8 +31,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .io import hash_obj, read_json, versions, write_json
-from .sweep import BITS
+from .io import content_key, hash_obj, read_json, versions, write_json
+from .runs import cached_measure, cached_unlearn
+
+from .attacks.quant.spec import BIT_WIDTHS as BITS  # bit width -> deployment name; 4 = the release grid
+RELEASE_GRID = BITS[4]
 
 
 @dataclass
@@ -62,10 +65,9 @@ class OffsetSweepConfig:
 
 
 def release_quantizer():
-    from .attacks.quant.backends import get_quantizer
-    from .demo import RELEASE_GRID
+    from .attacks.quant.spec import quantizer_from_name
 
-    return get_quantizer(**RELEASE_GRID)
+    return quantizer_from_name(RELEASE_GRID)
 
 
 @torch.no_grad()
@@ -124,7 +126,7 @@ def build_offset_target(target: Path, offset: float, seed: int, out: Path, log=p
     """T_o written once (cached by source model, offset and seed) with offset.json holding the measurement."""
     from .models import load_model, save_model
 
-    dst = out / "targets" / f"offset{offset:g}-{hash_obj({'t': str(target), 'o': offset, 's': seed}, 8)}"
+    dst = out / "targets" / f"offset{offset:g}-{hash_obj({'t': content_key(target), 'o': offset, 's': seed}, 8)}"
     if (dst / "offset.json").exists():
         return dst
     log(f"[sweep] target {offset:g} steps off the release grid")
@@ -137,22 +139,23 @@ def build_offset_target(target: Path, offset: float, seed: int, out: Path, log=p
     return dst
 
 
-def _recalls(model_dir: Path, tok, forget, retain, bits: list[int], cache_key: dict) -> dict:
-    from .audit import knowledge_at
+def _recalls(model_dir: Path, forget, retain, bits: list[int], scoring, cache: Path) -> dict:
+    """Mean forget / retain score of `model_dir` at each bit width (runs.cached_measure, keyed by content)."""
     from .models import load_model
 
-    cp = model_dir / "sweep_eval.json"
-    key = hash_obj({**cache_key, "bits": bits, "n_f": len(forget), "n_r": len(retain)})
-    ev = read_json(cp) if cp.exists() else None
-    if ev is None or ev.get("key") != key:
-        model, _ = load_model(model_dir, device="cpu")
-        ev = {"key": key, "bits": {}}
-        for b in bits:
-            k = knowledge_at(model, tok, forget, retain, BITS[b])
-            ev["bits"][str(b)] = {"forget_recall": float(np.mean(k["forget_em"])),
-                                  "retain_recall": float(np.mean(k["retain_em"]))}
-        write_json(cp, ev)
-    return ev
+    held: list = []
+
+    def loaded():
+        if not held:
+            held.append(load_model(model_dir, device="cpu"))
+        return held[0]
+
+    out = {}
+    for b in bits:
+        r = cached_measure(model_dir, BITS[b], {"forget": forget, "retain": retain}, scoring, cache, loaded=loaded)
+        out[str(b)] = {"forget_recall": float(np.mean(r["forget"][scoring.metric])),
+                       "retain_recall": float(np.mean(r["retain"][scoring.metric]))}
+    return {"bits": out}
 
 
 def run_offset_sweep(target: str | Path, forget, retain, out: str | Path, cfg: OffsetSweepConfig | None = None,
@@ -161,31 +164,32 @@ def run_offset_sweep(target: str | Path, forget, retain, out: str | Path, cfg: O
     from .models import load_model
     from .unlearn import unlearn
 
+    from .measure import scoring_for
+
     cfg = cfg or OffsetSweepConfig()
     cfg.check()
     if not forget:
         raise ValueError("the forget set is empty")
     out, target = Path(out), Path(target)
     t0 = time.time()
+    scoring = scoring_for(forget)
     q4 = release_quantizer()
     rows = []
     for o in cfg.offsets:
         tdir = build_offset_target(target, o, cfg.seed, out, log)
         opts = dict(method=cfg.method, lr=cfg.lr, max_steps=cfg.max_steps, schedule="constant",
-                    batch_size=cfg.batch_size, seed=cfg.seed, progress=False)
+                    batch_size=cfg.batch_size, seed=cfg.seed)
         if cfg.sure_percentile is not None:
             opts["sure_percentile"] = cfg.sure_percentile
         if cfg.robust_to:
             opts["robust_to"] = cfg.robust_to
-        udir = out / "models" / f"offset{o:g}-{hash_obj({'t': str(tdir), **opts}, 8)}"
-        if not (udir / "unlearn.json").exists():
-            log(f"[sweep] {cfg.method} at lr {cfg.lr:g} on the target {o:g} steps off the grid")
-            unlearn(str(tdir), forget, retain, out=udir, overwrite=True, **opts)
-        tmodel, tok = load_model(tdir, device="cpu")
-        ev_t = _recalls(tdir, tok, forget, retain, cfg.bits, {"model": "target"})
-        ev_u = _recalls(udir, tok, forget, retain, cfg.bits, {"model": "unlearned"})
-        cp = udir / "collapse.json"
+        udir = cached_unlearn(tdir, forget, retain, opts, out / "models", tag=f"offset{o:g}",
+                              log=lambda m: log(f"[sweep] {m}"))
+        ev_t = _recalls(tdir, forget, retain, cfg.bits, scoring, out / "cache")
+        ev_u = _recalls(udir, forget, retain, cfg.bits, scoring, out / "cache")
+        cp = out / "cache" / f"collapse-{hash_obj([content_key(tdir), content_key(udir)])}.json"
         if not cp.exists():
+            tmodel, _ = load_model(tdir, device="cpu")
             umodel, _ = load_model(udir, device="cpu")
             d = collapse_diagnostics(tmodel, umodel, q4)["overall"]
             write_json(cp, {k: d[k] for k in ("collapse_rate", "value_identical", "drift_kept", "mean_abs_dw_over_step")})
@@ -193,13 +197,14 @@ def run_offset_sweep(target: str | Path, forget, retain, out: str | Path, cfg: O
         realised = read_json(tdir / "offset.json")["realised"]
         for b in cfg.bits:
             u, t = ev_u["bits"][str(b)], ev_t["bits"][str(b)]
-            rows.append({"offset": o, "bits": b, "forget_recall": u["forget_recall"], "retain_recall": u["retain_recall"],
+            rows.append({"offset": o, "bits": b, "metric": scoring.metric, "forget_recall": u["forget_recall"], "retain_recall": u["retain_recall"],
                          "target_forget_recall": t["forget_recall"], "target_retain_recall": t["retain_recall"],
                          "collapse_rate_4bit": col["collapse_rate"], "drift_kept_4bit": col["drift_kept"],
                          "mean_abs_dw_over_4bit_step": col["mean_abs_dw_over_step"],
                          "realised_offset_mean": realised["mean"], "realised_at_requested": realised["at_requested"],
                          "target": str(tdir), "model": str(udir)})
-    summary = {"schema": "amnesiac.sweep_offset/1", "config": cfg.__dict__, "source_target": str(target),
+    summary = {"schema": "amnesiac.sweep_offset/2", "config": cfg.__dict__, "source_target": str(target),
+               "scoring": scoring.to_json(),
                "release_grid": q4.config(), "rows": rows, "seed": cfg.seed, "versions": versions(),
                "wall_s": round(time.time() - t0, 1)}
     write_json(out / "summary.json", summary)

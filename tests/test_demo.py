@@ -6,7 +6,8 @@ from amnesiac.report.demo_report import table_rows
 
 
 def _k(forget):
-    return {"forget_em": list(map(float, forget)), "retain_em": [1.0] * 10, "forget_prob": [0.5] * len(forget)}
+    return {"forget": {"exact_match": list(map(float, forget)), "prob": [0.5] * len(forget)},
+            "retain": {"exact_match": [1.0] * 10}}
 
 
 def _raw(u_by_precision, r=0.05, n=40):
@@ -24,17 +25,33 @@ def _raw(u_by_precision, r=0.05, n=40):
 def test_demo_verdict_names_the_scenario_where_knowledge_returns():
     flat = {p: 0.2 for p in PRECISIONS}
     back = {**flat, "4bit": 0.95}
-    v = demo_verdicts([], _raw({"trained": flat, "released-quantized": back}), DemoConfig(n_boot=300))
+    v = demo_verdicts([], _raw({"trained": flat, "released-quantized": back}), DemoConfig())
     assert v["trained"]["verdict"] == "PASS"
     assert v["released-quantized"]["verdict"] == "FAIL"
     assert v["released-quantized"]["precision"] == "4bit" and v["released-quantized"]["method"] == "NPO_KLR"
     assert "released-quantized" in v["released-quantized"]["reason"]
+    assert v["released-quantized"]["rule"]["correction"] == "Holm" and len(v["released-quantized"]["rows"]) == 4
+
+
+def test_demo_judges_a_robust_model_in_the_format_it_was_trained_for():
+    # latent fp weights know little, the shipped 4-bit model nothing: judged against its 4-bit level, 8-bit
+    # (close to fp) is a deployment that brings knowledge back relative to what was shipped
+    raw = _raw({"trained": {p: 0.2 for p in PRECISIONS}, "released-quantized": {p: 0.2 for p in PRECISIONS}})
+    n = 40
+    vals = {"fp": 0.9, "8bit": 0.9, "4bit": 0.05, "3bit": 0.05, "4bit_foreign": 0.1}
+    raw[("trained", "NPO_KLR_ROBUST")] = {"precisions": {p: _k(np.r_[np.ones(int(vals[p] * n)), np.zeros(n - int(vals[p] * n))])
+                                                         for p in PRECISIONS}}
+    v = demo_verdicts([], raw, DemoConfig(scenarios=("trained",)))["trained"]
+    robust_rows = [r for r in v["rows"] if r["method"] == "NPO_KLR_ROBUST"]
+    assert {r["precision"] for r in robust_rows} == {"fp", "8bit", "3bit", "4bit_foreign"}
+    assert all(r["reference"] == "4bit" for r in robust_rows)
+    assert v["verdict"] == "FAIL" and v["method"] == "NPO_KLR_ROBUST"
 
 
 def test_demo_verdict_ignores_a_model_that_never_unlearned():
     # forget recall high at every precision: not unlearned, but nothing *comes back* under quantization
     high = {p: 0.9 for p in PRECISIONS}
-    v = demo_verdicts([], _raw({"trained": high, "released-quantized": high}), DemoConfig(n_boot=300))
+    v = demo_verdicts([], _raw({"trained": high, "released-quantized": high}), DemoConfig())
     assert v["trained"]["verdict"] == "PASS"
 
 
@@ -64,3 +81,26 @@ def test_sweep_runs_caches_and_plots(trained_tiny, tok, qa_people, tmp_path):
     assert (tmp_path / "sw" / "sweep.html").exists()
     s2 = run_sweep(t, qa_people["forget"], qa_people["retain"][:30], tmp_path / "sw", cfg, log=lambda *_: None)
     assert [r["forget_recall"] for r in s2["rows"]] == [r["forget_recall"] for r in s["rows"]]
+
+
+def test_sweep_cache_tells_forget_sets_apart(trained_tiny, tok, qa_people, tmp_path):
+    """Two sweeps into one --out with different forget sets: the second unlearns anew (content keys include the
+    data), and a rerun of the first reuses its own models."""
+    import copy
+
+    from amnesiac.models import save_model
+    from amnesiac.sweep import SweepConfig, run_sweep
+
+    t = save_model(copy.deepcopy(trained_tiny), tok, tmp_path / "target")
+    cfg = SweepConfig(method="ga_gdr", lrs=[1e-2], bits=[16], max_steps=3, batch_size=4)
+    f1, f2 = qa_people["forget"], qa_people["retain"][:10]
+    r = qa_people["retain"][10:30]
+    q = lambda *_: None
+    a = run_sweep(t, f1, r, tmp_path / "sw", cfg, log=q)
+    b = run_sweep(t, f2, r, tmp_path / "sw", cfg, log=q)
+    assert a["rows"][0]["model"] != b["rows"][0]["model"]
+    assert a["data"]["forget"] != b["data"]["forget"]
+    models = sorted(p.name for p in (tmp_path / "sw" / "models").iterdir())
+    assert len(models) == 2
+    a2 = run_sweep(t, f1, r, tmp_path / "sw", cfg, log=q)
+    assert a2["rows"] == a["rows"] and len(list((tmp_path / "sw" / "models").iterdir())) == 2

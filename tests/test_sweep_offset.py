@@ -82,7 +82,7 @@ def test_offset_sweep_schema_and_cache(trained_tiny, tok, qa_people, tmp_path):
     cfg = OffsetSweepConfig(method="ga_gdr", lr=1e-3, offsets=[0.0, 0.3], bits=[16, 4], max_steps=3, batch_size=4)
     out = tmp_path / "so"
     s = run_offset_sweep(t, qa_people["forget"], qa_people["retain"][:20], out, cfg, log=lambda *_: None)
-    assert s["schema"] == "amnesiac.sweep_offset/1" and s["release_grid"]["group"] == 64
+    assert s["schema"] == "amnesiac.sweep_offset/2" and s["release_grid"]["group"] == 64
     assert [(r["offset"], r["bits"]) for r in s["rows"]] == [(0.0, 16), (0.0, 4), (0.3, 16), (0.3, 4)]
     keys = {"forget_recall", "retain_recall", "target_forget_recall", "collapse_rate_4bit", "drift_kept_4bit",
             "realised_offset_mean", "realised_at_requested"}

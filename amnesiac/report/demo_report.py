@@ -37,14 +37,16 @@ def print_table(summary: dict, console=None) -> None:
     console = console or Console()
     for sc in summary["config"]["scenarios"]:
         rows = table_rows(summary, sc)
-        t = Table(title=f"scenario: {sc}  (forget recall / retain recall, exact match)")
+        metric = summary.get("scoring", {}).get("metric", "exact_match")
+        t = Table(title=f"scenario: {sc}  (forget / retain, {metric})")
         for i, c in enumerate(rows[0]):
             t.add_column(c, no_wrap=True) if i <= len(COLS) else t.add_column(c)
         for r in rows[1:]:
             t.add_row(*r)
         console.print(t)
         v = summary["verdicts"][sc]
-        console.print(f"[bold {'red' if v['verdict'] == 'FAIL' else 'green'}]{v['verdict']}[/]: {v['reason']}")
+        colour = {"FAIL": "red", "PASS": "green"}.get(v["verdict"], "yellow")
+        console.print(f"[bold {colour}]{v['verdict']}[/]: {v['reason']}")
 
 
 def write_demo_report(summary: dict, raw: dict, out: Path) -> dict:
@@ -53,8 +55,10 @@ def write_demo_report(summary: dict, raw: dict, out: Path) -> dict:
         "methods, their SURE variants and their quantization-aware `_ROBUST` variants (trained through the "
         "release grid, docs/science.md §2b), then quantized. Two scenarios: `trained` (target as fine-tuned) and "
         "`released-quantized` (target rounded onto a 4-bit symmetric group-64 grid first, as a quantized release). "
-        "Cells are forget recall / retain recall (exact match). `4bit_foreign` is a different 4-bit grid "
-        "(asymmetric, group 128)."))]
+        f"Cells are forget / retain scores under {summary.get('scoring', {}).get('metric', 'exact_match')} "
+        f"({summary.get('scoring', {}).get('reason', '')}). `4bit_foreign` is a different 4-bit grid "
+        "(asymmetric, group 128). Verdict rule: docs/science.md §7 (paired bootstrap, Holm over every "
+        "model × deployment of a scenario)."))]
     for sc in summary["config"]["scenarios"]:
         v = summary["verdicts"][sc]
         rows = [r for r in summary["rows"] if r["scenario"] == sc]

@@ -24,6 +24,8 @@ NAMED = {
     # a whole GGUF file as llama.cpp writes it for Q4_1: Linear Q4_1 and the (tied) token embedding Q8_0
     "q4_1_file": dict(backend="gguf", kind="q4_1", embed="q8_0"),
 }
+# "N-bit" as the sweeps say it: RTN per-channel at 8 bits, symmetric group 64 below (16 = full precision)
+BIT_WIDTHS = {16: "fp", 8: "rtn8", 4: "rtn4_g64", 3: "rtn3_g64", 2: "rtn2_g64"}
 GGUF_KINDS = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0")
 _RTN = re.compile(r"rtn(\d)(?:_(sym|asym))?(?:_(?:g(\d+)|ch))?(?:_(sym|asym))?")
 
