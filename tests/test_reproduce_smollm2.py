@@ -53,7 +53,7 @@ def _cfg(release, **kw):
     model, facts = release
     base = dict(model=str(model), facts=str(facts), forget="random:4", utility="animals", methods=("ga_gdr",),
                 sure=True, lr=3e-3, steps=2, sure_lr=3e-2, sure_steps=2, batch_size=4,
-                precisions=("fp", "q4_1", "gguf_q4_1", "q8_0", "rtn8"), sweep=True, sweep_method="ga_gdr",
+                precisions=("fp", "q4_1", "q4_1_file", "q8_0", "rtn8"), sweep=True, sweep_method="ga_gdr",
                 sweep_lrs=(1e-3, 1e-1), sweep_steps=(1, 3), n_boot=200, eval_batch=16)
     return SmolConfig(**{**base, **kw})
 
@@ -75,7 +75,7 @@ def test_protocol_schema_precisions_identity_and_resume(release, tmp_path, monke
         assert lo <= r["forget_recall"] <= hi
     # Q4_1 of an exact Q4_1 model is the identity: same answers, grid offset 0, every code its own
     t_fp = by[("target", "fp")]
-    for p in ("q4_1", "gguf_q4_1"):  # the whole file format too: its embedding is on the Q8_0 grid
+    for p in ("q4_1", "q4_1_file"):  # the whole file format too: its embedding is on the Q8_0 grid
         for k in ("forget_recall", "retain_recall", "utility_recall", "forget_prob"):
             assert t_fp[k] == by[("target", p)][k], (p, k)
     assert s["diagnostics"]["target"]["grid_offset_mean"] < 1e-6  # float rounding of w/d + zero only
@@ -107,17 +107,25 @@ def test_protocol_schema_precisions_identity_and_resume(release, tmp_path, monke
 
 
 def test_verdict_rule_hand_checked():
-    from amnesiac.reproduce.smollm2 import verdict
+    """The one verdict on per-item fact answers: the target is never judged, a gain below the margin passes,
+    a clear gain at q4_1 fails, and the robust model is judged against its release format."""
+    from amnesiac.reproduce.smollm2 import SmolConfig, verdict
 
-    def row(m, p, ex, lo):
-        return {"method": m, "precision": p, "forget_recall": 0.5 + ex, "excess_over_fp": ex, "excess_over_fp_ci": [lo, 1.0]}
+    def k(ones, n=40):
+        return {"forget_correct": [1.0] * ones + [0.0] * (n - ones)}
 
-    rows = [row("target", "q4_1", 0.5, 0.4), row("GA", "fp", 0.0, 0.0), row("GA", "q8_0", 0.04, 0.01)]
-    assert verdict(rows)["verdict"] == "PASS"  # target never counts; 0.04 < margin 0.05
-    rows.append(row("GA", "q4_1", 0.25, 0.10))
-    rows.append(row("NPO", "q4_1", 0.30, -0.01))  # larger but CI crosses 0: not significant
-    v = verdict(rows)
+    cfg = SmolConfig(precisions=("fp", "q4_1", "q8_0"))
+    evals = {"target": {p: k(40) for p in cfg.precisions},
+             "GA": {"fp": k(4), "q8_0": k(5), "q4_1": k(5)}}
+    assert verdict(evals, cfg)["verdict"] == "PASS"  # +1/40 = 0.025 < margin 0.05
+    evals["GA"]["q4_1"] = k(30)
+    v = verdict(evals, cfg)
     assert v["verdict"] == "FAIL" and v["precision"] == "q4_1" and v["method"] == "GA" and v["failing"] == ["GA@q4_1"]
+    # a quantization-aware model ships at q4_1: its latent fp weights knowing more is not a recovery of q4_1 ...
+    evals = {"target": evals["target"], "GA_ROBUST": {"fp": k(30), "q4_1": k(2), "q8_0": k(3)}}
+    v = verdict(evals, cfg)
+    assert {r["precision"] for r in v["rows"]} == {"fp", "q8_0"} and all(r["reference"] == "q4_1" for r in v["rows"])
+    assert v["verdict"] == "FAIL" and v["precision"] == "fp"  # ... but serving the latent weights brings it back
 
 
 def test_first_survivors_orders_by_update_size():
@@ -158,7 +166,7 @@ def _hand_summary():
     info = {"target": {"model": "t"}, "GA_GDR": {"model": "u", "lr": 1e-5, "steps": 8, "sure_percentile": None, "wall_s": 1}}
     cfg = SmolConfig(precisions=("fp", "q4_1", "rtn8"), n_boot=200)
     rows = build_rows(evals, diag, info, cfg)
-    return {"rows": rows, "verdict": verdict(rows)}
+    return {"rows": rows, "verdict": verdict(evals, cfg)}
 
 
 def test_rows_hand_checked_and_demo_hook(monkeypatch):
@@ -177,10 +185,12 @@ def test_rows_hand_checked_and_demo_hook(monkeypatch):
     assert (u["forget_recall"], u["excess_over_fp"], u["utility_recall"]) == (0.75, 0.5, 0.5)
     assert u["collapse_rate"] == 1.0 and by[("GA_GDR", "rtn8")]["collapse_rate"] is None
     assert by[("GA_GDR", "rtn8")]["retain_recall"] == 0.5 and by[("GA_GDR", "rtn8")]["excess_over_fp"] == 0.0
-    # 4 paired items, per-item excess (0, 1, 1, 0): a resample drawing only items 0 and 3 has excess 0, with
-    # probability (2/4)^4 = 6.25 % > 2.5 %, so the CI's lower end is exactly 0 and the rule (lo > 0) says PASS
-    # even though the excess (0.5) is far above the margin: 4 facts are too few to conclude
-    assert u["excess_over_fp_ci"][0] == 0.0 and s["verdict"]["verdict"] == "PASS"
+    # 4 paired items, per-item gain (0, 1, 1, 0): a resample drawing only items 0 and 3 has gain 0, with
+    # probability (2/4)^4 = 6.25 % > 2.5 %, so the one-sided p is ≈ 0.0625 (×2 attacks, Holm) and the verdict
+    # is PASS although the gain (0.5) is far above the margin: 4 facts are too few to conclude
+    row = next(r for r in s["verdict"]["rows"] if r["attack"] == "GA_GDR@q4_1")
+    assert row["p"] == pytest.approx(0.0625, abs=0.03) and row["p_holm"] == pytest.approx(min(1, 2 * row["p"]))
+    assert u["excess_over_fp_ci"][0] <= 0.0 and s["verdict"]["verdict"] == "PASS"
 
     monkeypatch.setattr(S, "run_smollm2", lambda cfg, out, log=print: {**s, "wall_s": 1.0, "model": "m"})
     demo = {"rows": [], "verdicts": {}, "config": {"scenarios": ("trained",)}}
@@ -215,11 +225,11 @@ def test_real_cli_on_cached_smollm2(tmp_path):
     facts.write_text("".join(json.dumps(r) + "\n" for r in few))
     res = CliRunner().invoke(app, ["reproduce", "smollm2", "--model", str(d), "--out", str(tmp_path / "o"),
                                    "--facts", str(facts), "--forget", "random:3", "--methods", "ga_gdr", "--no-sure",
-                                   "--steps", "1", "--precisions", "fp,q4_1,gguf_q4_1", "--no-sweep"])
+                                   "--steps", "1", "--precisions", "fp,q4_1,q4_1_file", "--no-sweep"])
     assert res.exit_code == 0, res.output
     s = json.loads((tmp_path / "o" / "summary.json").read_text())
     by = {(r["method"], r["precision"]): r for r in s["rows"]}
-    for p in ("q4_1", "gguf_q4_1"):  # the release re-quantized to its own format is the release
+    for p in ("q4_1", "q4_1_file"):  # the release re-quantized to its own format is the release
         for k in ("forget_recall", "retain_recall", "utility_recall", "forget_prob"):
             assert by[("target", p)][k] == by[("target", "fp")][k], (p, k)
     assert by[("target", "fp")]["forget_recall"] == 1.0  # forget facts are ones it knows

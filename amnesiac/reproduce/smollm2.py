@@ -14,25 +14,24 @@ scenario `released-quantized`). Protocol:
 5. the lr × steps sweep (`smollm2_sweep`) and the report (`smollm2_report`).
 
 What needs the retrained model (does not exist for a pretrained LLM): forget quality, PrivLeak and
-every "vs retrained" recall gap; left out. The verdict here uses the audit's rule (docs/science.md §7,
-`audit.MARGIN`, paired bootstrap) with the unlearned model's own full-precision recall as the floor:
-FAIL when some precision raises forget recall ≥ MARGIN above it with the 95 % CI of the excess above 0.
+every "vs retrained" recall gap; left out. The verdict is the one verdict (metrics.recovery.judge,
+docs/science.md §7) with the unlearned model's own full-precision recall as the floor: FAIL when some
+deployment raises forget recall ≥ MARGIN above it, Holm-corrected over every model × deployment.
 
-Caching: known facts, each unlearned model (by recipe hash), each (model, precision) evaluation, the
+Caching (by content: runs.py): known facts, each unlearned model, each (model, precision) evaluation, the
 collapse diagnostics and each sweep lr are files under $AMNESIAC_HOME/cache/smollm2/, so a rerun
 re-assembles the summary in seconds and a killed run resumes at the first missing piece.
 """
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..audit import MARGIN, boot_idx, ci_of
-from ..io import amnesiac_home, hash_obj, read_json, versions, write_json
+from ..io import amnesiac_home, content_key, hash_obj, read_json, versions, write_json
+from ..metrics.recovery import MARGIN
 from .smollm2_measure import PRECISIONS, RELEASE, cached_measure, collapse_vs, measure  # noqa: F401 (measure: re-export)
 
 SCENARIO = "smollm2-q4_1-release"
@@ -66,13 +65,16 @@ class SmolConfig:
     sweep_method: str = "ga_gdr"
     sweep_lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3)  # lr 1e-5 × steps is the main table's GA_GDR row
     sweep_steps: tuple[int, ...] = (2, 8)
-    n_boot: int = 1000
+    n_boot: int = 10000  # p ≥ 1/(n_boot+1): Holm over ~30 model × deployment tests needs small p
     eval_batch: int = 64
 
     def check(self) -> None:
-        bad = [p for p in self.precisions if p not in PRECISIONS]
+        from ..audit import is_quantizer
+
+        bad = [p for p in self.precisions if p != "fp" and not is_quantizer(p)]
         if bad:
-            raise ReproduceError(f"unknown precision(s) {bad}; available: {', '.join(PRECISIONS)}")
+            raise ReproduceError(f"unknown precision(s) {bad}; available: {', '.join(PRECISIONS)} or any quantizer "
+                                 "name (amnesiac ls attacks)")
         if "fp" not in self.precisions or RELEASE not in self.precisions:
             raise ReproduceError(f"precisions must include fp and the release format {RELEASE}")
         if self.steps < 1 or self.sure_steps < 1 or self.robust_steps < 1 or any(s < 1 for s in self.sweep_steps):
@@ -96,17 +98,17 @@ def resolve_model(path: str | Path | None) -> Path:
     return d
 
 
-def model_id(path: Path) -> dict:
-    """What identifies a model on disk for cache keys: path, size and mtime of its weights."""
-    files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
-    if not files:
-        raise ReproduceError(f"{path}: no *.safetensors (nor a .gguf file)")
-    return {"path": str(path), "files": [(f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in files]}
+def model_id(path: Path) -> str:
+    """What identifies a model for cache keys: its content (io.content_key), never its path."""
+    try:
+        return content_key(path)
+    except FileNotFoundError as e:
+        raise ReproduceError(str(e)) from None
 
 
 # ----------------------------------------------------------------------------- data and unlearning
 
-def fact_splits(model, tok, target_id: dict, cfg: SmolConfig, cache: Path, log=print) -> dict:
+def fact_splits(model, tok, target_id: str, cfg: SmolConfig, cache: Path, log=print) -> dict:
     """Known facts (cached per target) → forget / retain / utility; retain/utility eval subsets (seeded)."""
     from ..data.facts import fact_json, known_facts, load_facts, split_facts
 
@@ -145,26 +147,19 @@ def recipes(cfg: SmolConfig) -> list[dict]:
     return out
 
 
-def unlearn_recipe(target, tok, target_id: dict, rec: dict, train: dict, cfg: SmolConfig, cache: Path,
-                   log=print) -> Path:
-    """Unlearn a copy of the in-memory target with one recipe; saved once per recipe hash (constant lr,
-    fixed step budget: the built-in early stop scores exact match, not fact completion)."""
-    from ..unlearn import unlearn
+def unlearn_recipe(src: Path, rec: dict, train: dict, cfg: SmolConfig, cache: Path, log=print) -> Path:
+    """Unlearn the release with one recipe (runs.cached_unlearn: once per target content, data and recipe;
+    constant lr, fixed step budget: the built-in early stop scores exact match, not fact completion)."""
+    from ..runs import cached_unlearn
 
     opts = dict(method=rec["method"], lr=rec["lr"], max_steps=rec["steps"], schedule="constant",
-                batch_size=cfg.batch_size, seed=cfg.seed, progress=False)
+                batch_size=cfg.batch_size, seed=cfg.seed)
     if rec["sure_percentile"] is not None:
         opts["sure_percentile"] = rec["sure_percentile"]
     if rec.get("robust_to"):
         opts["robust_to"] = rec["robust_to"]
-    key = hash_obj({"target": target_id, "opts": opts, "forget": [it.question for it in train["forget"]],
-                    "retain": [it.question for it in train["retain"]]}, 12)
-    out = cache / "unlearned" / f"{rec['name'].lower()}-{key}"
-    if (out / "unlearn.json").exists():
-        return out
-    log(f"smollm2: unlearning with {rec['name']} (lr {rec['lr']:g}, {rec['steps']} steps)")
-    unlearn(copy.deepcopy(target), train["forget"], train["retain"], tokenizer=tok, out=out, overwrite=True, **opts)
-    return out
+    return cached_unlearn(src, train["forget"], train["retain"], opts, cache / "unlearned", tag=rec["name"].lower(),
+                          log=lambda m: log(f"smollm2: {m}"))
 
 
 # ----------------------------------------------------------------------------- rows, verdict, run
@@ -174,8 +169,10 @@ def _mean(x) -> float:
 
 
 def build_rows(evals: dict, diag: dict, info: dict, cfg: SmolConfig) -> list[dict]:
-    """One row per (model, precision): recalls with bootstrap CIs, excess over the model's own fp recall
-    (paired), collapse diagnostics on the release-format row."""
+    """One row per (model, precision): recalls with bootstrap CIs, the paired gain over the model's own fp
+    recall, collapse diagnostics on the release-format row."""
+    from ..metrics.stats import bootstrap_ci, paired_test
+
     rows = []
     for name, per in evals.items():
         fp = np.asarray(per["fp"]["forget_correct"])
@@ -183,16 +180,15 @@ def build_rows(evals: dict, diag: dict, info: dict, cfg: SmolConfig) -> list[dic
             k = per[p]
             f = np.asarray(k["forget_correct"])
             r, u = np.asarray(k.get("retain_correct", [])), np.asarray(k.get("utility_correct", []))
-            fi, ri, ui = (boot_idx(len(a), cfg.n_boot, cfg.seed) for a in (f, r, u))
+            ex = paired_test(f, fp, cfg.n_boot, cfg.seed)
             d = diag.get(name) if p == RELEASE else None
             rows.append({
-                "scenario": SCENARIO, "method": name, "precision": p,
-                "forget_recall": _mean(f), "forget_recall_ci": ci_of(np.mean, [f], fi),
-                "retain_recall": _mean(r), "retain_recall_ci": ci_of(np.mean, [r], ri) if len(r) else None,
-                "utility_recall": _mean(u), "utility_recall_ci": ci_of(np.mean, [u], ui) if len(u) else None,
+                "scenario": SCENARIO, "method": name, "precision": p, "metric": "fact",
+                "forget_recall": _mean(f), "forget_recall_ci": list(bootstrap_ci(f, seed=cfg.seed)),
+                "retain_recall": _mean(r), "retain_recall_ci": list(bootstrap_ci(r, seed=cfg.seed)) if len(r) else None,
+                "utility_recall": _mean(u), "utility_recall_ci": list(bootstrap_ci(u, seed=cfg.seed)) if len(u) else None,
                 "forget_prob": _mean(k.get("forget_prob", [])),
-                "excess_over_fp": float(f.mean() - fp.mean()),
-                "excess_over_fp_ci": ci_of(lambda a, b: a.mean() - b.mean(), [f, fp], fi),
+                "excess_over_fp": ex["diff"], "excess_over_fp_ci": [ex["low"], ex["high"]],
                 "collapse_rate": d["collapse_rate"] if d else None, "drift_kept": d["drift_kept"] if d else None,
                 "mean_abs_dw_over_step": d["mean_abs_dw_over_step"] if d else None,
                 "value_identical": d["value_identical"] if d else None,
@@ -205,21 +201,31 @@ def build_rows(evals: dict, diag: dict, info: dict, cfg: SmolConfig) -> list[dic
     return rows
 
 
-def verdict(rows: list[dict], margin: float = MARGIN) -> dict:
-    """The audit's rule with the unlearned model's own full-precision recall as the floor (no retrained)."""
-    bad = [r for r in rows if r["method"] != "target" and r["precision"] != "fp"
-           and r["excess_over_fp"] >= margin and r["excess_over_fp_ci"][0] > 0]
-    floor = "its own full-precision level (no retrained model exists for a pretrained LLM)"
-    if not bad:
-        return {"verdict": "PASS", "floor": "unlearned@fp",
-                "reason": f"{SCENARIO}: no precision raises an unlearned model's forget recall ≥ {margin} above {floor}"}
-    w = max(bad, key=lambda r: r["excess_over_fp"])
-    lo, hi = w["excess_over_fp_ci"]
-    return {"verdict": "FAIL", "floor": "unlearned@fp", "method": w["method"], "precision": w["precision"],
-            "forget_recall": w["forget_recall"], "excess_ci": [lo, hi],
-            "failing": sorted({f"{r['method']}@{r['precision']}" for r in bad}),
-            "reason": f"{SCENARIO}: {w['method']} forget recall {w['forget_recall']:.2f} at {w['precision']}, "
-                      f"{w['excess_over_fp']:+.2f} over {floor} (95% CI [{lo:+.2f}, {hi:+.2f}]): the knowledge comes back"}
+def verdict(evals: dict, cfg: SmolConfig, margin: float = MARGIN) -> dict:
+    """The one verdict (metrics.recovery.judge) with each unlearned model's own full-precision recall as the
+    floor (no retrained model exists for a pretrained LLM); a `_ROBUST` model is judged against the release
+    format it was trained through."""
+    from ..metrics.recovery import Judged, judge
+
+    t_fp = evals["target"]["fp"]["forget_correct"]
+    rows = []
+    for name, per in evals.items():
+        if name == "target":
+            continue
+        ref = RELEASE if name.endswith("_ROBUST") else "fp"
+        for p in cfg.precisions:
+            if p != ref:
+                rows.append(Judged(f"{name}@{p}", per[p]["forget_correct"], t_fp, u_fp=per[ref]["forget_correct"],
+                                   extra={"method": name, "precision": p, "reference": ref}))
+    v = judge(rows, "fact", "completion facts: the greedy completion must start with an accepted answer",
+              margin=margin, n_boot=cfg.n_boot, seed=cfg.seed)
+    v["reason"] = f"{SCENARIO}: {v['reason']}"
+    v["floor"] = "unlearned@fp"
+    if v["verdict"] == "FAIL":
+        w = next(r for r in v["rows"] if r["attack"] == v["worst_attack"])
+        v.update(method=w["method"], precision=w["precision"], forget_recall=w["value"],
+                 failing=v.get("failing_attacks", []))
+    return v
 
 
 def run_smollm2(cfg: SmolConfig | None = None, out: str | Path = "reproduce-smollm2", log=print,
@@ -238,12 +244,13 @@ def run_smollm2(cfg: SmolConfig | None = None, out: str | Path = "reproduce-smol
     tid = model_id(src)
     target, tok = load_model(src, device="cpu", dtype="float32")
     data = fact_splits(target, tok, tid, cfg, cache, log)
+    data["source"] = str(src)
     if not data["train"]["forget"] or not data["train"]["retain"]:
         raise ReproduceError(f"split {cfg.forget!r} left an empty forget or retain set: "
                              f"{ {k: len(v) for k, v in data['train'].items()} }")
     models, info = {"target": (src, tid)}, {"target": {"model": str(src)}}
     for rec in recipes(cfg):
-        d = unlearn_recipe(target, tok, tid, rec, data["train"], cfg, cache, log)
+        d = unlearn_recipe(src, rec, data["train"], cfg, cache, log)
         u = read_json(d / "unlearn.json")
         models[rec["name"]] = (d, model_id(d))
         info[rec["name"]] = {"model": str(d), "lr": rec["lr"], "steps": u["steps"], "sure_percentile": rec["sure_percentile"],
@@ -264,8 +271,8 @@ def run_smollm2(cfg: SmolConfig | None = None, out: str | Path = "reproduce-smol
     for name, (path, mid) in models.items():
         evals[name] = {}
         for p in cfg.precisions:
-            evals[name][p] = cached_measure(cache, mid, getter(name), tok, data["eval"], p, cfg.eval_batch, log)
-        cp = cache / "collapse" / f"{hash_obj({'t': tid, 'm': mid, 'q': PRECISIONS[RELEASE]})}.json"
+            evals[name][p] = cached_measure(cache, path, getter(name), tok, data["eval"], p, cfg.eval_batch, log)
+        cp = cache / "collapse" / f"{hash_obj({'t': tid, 'm': mid, 'q': RELEASE})}.json"
         if not cp.exists():
             write_json(cp, collapse_vs(target, getter(name)(), qcache, per_layer=name != "target"))
         diag[name] = read_json(cp)
@@ -276,11 +283,11 @@ def run_smollm2(cfg: SmolConfig | None = None, out: str | Path = "reproduce-smol
         from .smollm2_sweep import run_sweep
 
         sweep = run_sweep(target, tok, tid, data, cfg, cache, qcache, log)
-    summary = {"schema": "amnesiac.reproduce.smollm2/1", "scenario": SCENARIO, "rows": rows,
-               "verdict": verdict(rows), "margin": MARGIN, "sweep": sweep,
+    summary = {"schema": "amnesiac.reproduce.smollm2/2", "scenario": SCENARIO, "rows": rows,
+               "verdict": verdict(evals, cfg), "margin": MARGIN, "sweep": sweep,
                "diagnostics": {k: {kk: vv for kk, vv in v.items() if kk != "per_layer"} for k, v in diag.items()},
                "collapse_per_layer": {k: v["per_layer"] for k, v in diag.items() if "per_layer" in v},
-               "unlearn": info, "precisions": {p: PRECISIONS[p] for p in cfg.precisions}, "release_format": RELEASE,
+               "unlearn": info, "precisions": list(cfg.precisions), "release_format": RELEASE,
                "data": {"probed": data["n_probed"], "known": len(data["known"]),
                         **{f"n_{k}": len(v) for k, v in data["train"].items()},
                         **{f"n_{k}_eval": len(v) for k, v in data["eval"].items()}, "forget_facts": data["forget_facts"]},

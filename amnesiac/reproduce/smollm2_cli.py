@@ -34,7 +34,7 @@ def register(sub: typer.Typer) -> None:
                     robust: bool = typer.Option(False, help="also run quantization-aware *_ROBUST variants (trained through Q4_1)"),
                     robust_lr: float = typer.Option(1e-3, help="*_ROBUST learning rate"),
                     robust_steps: int = typer.Option(16, help="*_ROBUST optimizer steps"),
-                    precisions: str = typer.Option("fp,q4_1,gguf_q4_1,q4_0,q8_0,rtn8,rtn4_g128,hqq4", help="comma-separated; gguf_q4_1 = the release file format (Linear Q4_1 + embedding Q8_0)"),
+                    precisions: str = typer.Option("fp,q4_1,q4_1_file,q4_0,q8_0,rtn8,rtn4_g128_asym,hqq4", help="comma-separated quantizer names; q4_1_file = the release file format (Linear Q4_1 + embedding Q8_0)"),
                     sweep: bool = typer.Option(True, help="run the lr × steps sweep"),
                     sweep_lrs: str = typer.Option("1e-4,3e-4,1e-3", help="sweep learning rates (lr 1e-5 is the main table's small-update row)"),
                     sweep_steps: str = typer.Option("2,8", help="checkpoints of each sweep run"),

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .smollm2 import SCENARIO
 
-TO_DEMO = {"fp": "fp", "rtn8": "8bit", "q4_1": "4bit", "rtn4_g128": "4bit_foreign"}
+TO_DEMO = {"fp": "fp", "rtn8": "8bit", "q4_1": "4bit", "rtn4_g128_asym": "4bit_foreign"}
 
 
 def demo_rows(summary: dict) -> list[dict]:

@@ -5,8 +5,8 @@ from pathlib import Path
 
 from ..report.render import Section, write_report
 
-SHORT = {"fp": "fp", "q4_1": "Q4_1 (release)", "gguf_q4_1": "GGUF Q4_1+emb Q8_0", "q4_0": "Q4_0", "q8_0": "Q8_0", "rtn8": "RTN8 ch",
-         "rtn4_g128": "RTN4 g128", "hqq4": "HQQ4 g64"}
+SHORT = {"fp": "fp", "q4_1": "Q4_1 (release)", "q4_1_file": "GGUF Q4_1+emb Q8_0", "q4_0": "Q4_0", "q8_0": "Q8_0", "rtn8": "RTN8 ch",
+         "rtn4_g128_asym": "RTN4 g128 asym", "hqq4": "HQQ4 g64"}
 
 
 def _f(x, nd=2) -> str:

@@ -43,7 +43,8 @@ def run_sweep(target, tok, target_id: dict, data: dict, cfg, cache: Path, qcache
     train, sets = data["train"], data["eval"]
     steps = sorted(set(cfg.sweep_steps))
     rows = []
-    base = {p: cached_measure(cache, target_id, lambda: target, tok, sets, p, cfg.eval_batch, log)
+    src = Path(data["source"])
+    base = {p: cached_measure(cache, src, lambda: target, tok, sets, p, cfg.eval_batch, log)
             for p in SWEEP_PRECISIONS}
     for p, k in base.items():
         rows.append({"lr": 0.0, "steps": 0, "precision": p, **{s: float(np.mean(k[f"{s}_correct"]))
@@ -54,7 +55,7 @@ def run_sweep(target, tok, target_id: dict, data: dict, cfg, cache: Path, qcache
     for lr in cfg.sweep_lrs:
         opts = dict(method=cfg.sweep_method, lr=lr, max_steps=steps[-1], schedule="constant",
                     batch_size=cfg.batch_size, seed=cfg.seed, progress=False)
-        key = hash_obj({"target": target_id, "opts": opts, "at": steps, "v": 1,
+        key = hash_obj({"target": target_id, "opts": opts, "at": steps, "v": 2,
                         "forget": [it.question for it in train["forget"]], "retain": [it.question for it in train["retain"]],
                         "eval": {s: [it.question for it in v] for s, v in sets.items()}})
         cp = cache / "sweep" / f"{cfg.sweep_method}-lr{lr:g}-{key}.json"
