@@ -22,14 +22,8 @@ from .io import amnesiac_home, content_key, hash_obj, read_json, versions, write
 from .metrics.recovery import MARGIN
 from .runs import cached_measure, cached_unlearn
 
-RELEASE_GRID = "rtn4_g64"  # the 4-bit release grid (symmetric, group 64), a name of attacks/quant/spec.py
-PRECISIONS = {  # column label -> deployment (a quantizer name of the one vocabulary, or "fp")
-    "fp": "fp",
-    "8bit": "rtn8",
-    "4bit": RELEASE_GRID,
-    "3bit": "rtn3_g64",
-    "4bit_foreign": "rtn4_g128_asym",
-}
+from .scenarios import PRECISIONS, RELEASE_GRID, scenario_models  # noqa: F401  (re-exported)
+
 METHODS = ["ga_gdr", "ga_klr", "npo_gdr", "npo_klr"]
 
 
@@ -65,28 +59,6 @@ def _quantizer(name: str):
     from .attacks.quant.spec import quantizer_from_name
 
     return quantizer_from_name(name)
-
-
-def scenario_models(paths: dict[str, Path], scenario: str, log=print) -> dict[str, Path]:
-    """target and retrained for a scenario; released-quantized ones are written once next to the originals."""
-    if scenario == "trained":
-        return {"target": paths["target"], "retrained": paths["retrained"]}
-    if scenario != "released-quantized":
-        raise ValueError(f"unknown scenario {scenario!r}; available: trained, released-quantized")
-    from .attacks.quant.apply import released_quantized
-    from .models import load_model, save_model
-
-    out = {}
-    for name in ("target", "retrained"):
-        dst = paths[name].parent / f"{name}-released-q4g64"
-        if not (dst / "released.json").exists():
-            log(f"[demo] rounding {name} onto the 4-bit g64 grid (released-quantized scenario)")
-            m, tok = load_model(paths[name], device="cpu")
-            save_model(released_quantized(m, _quantizer(RELEASE_GRID)), tok, dst)
-            write_json(dst / "released.json", {"source": str(paths[name]), "grid": RELEASE_GRID,
-                                               "source_key": content_key(paths[name])})
-        out[name] = dst
-    return out
 
 
 def run_unlearning(target: Path, method: str, sure: bool, cfg: DemoConfig, forget, retain, log=print,

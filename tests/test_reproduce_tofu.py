@@ -67,7 +67,10 @@ def test_miniature_run_schema_cache_and_metrics(tofu_available, tmp_path, monkey
     assert s["learning"]["target"]["epochs_done"] == 2 and not s["learning"]["target"]["cut_by_budget"]
     assert s["data"]["forget"] == 12 and s["data"]["full"] == 24
     on_disk = json.loads((tmp_path / "tofu" / "summary.json").read_text())
-    assert on_disk["schema"] == "amnesiac.reproduce.tofu/1" and on_disk["seed"] == 0 and "torch" in on_disk["versions"]
+    assert on_disk["schema"] == "amnesiac.reproduce.tofu/2" and on_disk["seed"] == 0 and "torch" in on_disk["versions"]
+    v = on_disk["verdicts"]["trained"]  # the one verdict, on per-item forget ROUGE-L recall
+    assert v["metric"] == "rougeL_recall" and v["verdict"] in ("PASS", "FAIL", "INCONCLUSIVE")
+    assert {r["attack"] for r in v["rows"]} == {"GA_GDR@4bit", "NPO_KLR@4bit"}
     assert (tmp_path / "tofu" / "report.html").exists() and (tmp_path / "tofu" / "report.md").exists()
     # second run: everything cached, same numbers, no metric recomputed
     calls.update(fq=0, mu=0)

@@ -5,11 +5,13 @@
 2. unlearn `forget10` from the target with GA_GDR, GA_KLR, NPO_GDR, NPO_KLR (+ SURE variants with --sure):
    TOFU's recipe shape (AdamW, constant lr, a fixed number of epochs over the forget set, retain90 as the
    regulariser's retain set), no early stopping (exact match is meaningless on TOFU's sentence answers);
-3. evaluate every model at full precision, 8-bit and 4-bit (demo.PRECISIONS: RTN per channel / sym g64)
+3. evaluate every model at full precision, 8-bit and 4-bit (scenarios.PRECISIONS: rtn8 / rtn4_g64)
    with TOFU's metrics (evaluate.py → metrics/tofu.py, docs/science.md §5): forget quality = KS-test p-value of
    the forget-set truth ratios against the retrained model's *at the same precision* (θ_r is the floor under
    the same attack, §5 "Recovery"), model utility = harmonic mean of the 9 numbers on retain / real authors /
-   world facts, and ROUGE-L recall on forget10 and retain (how well the tiny target learned TOFU at all).
+   world facts, and ROUGE-L recall on forget10 and retain (how well the tiny target learned TOFU at all);
+4. per scenario, the one verdict (metrics.recovery.judge, docs/science.md §7) on forget ROUGE-L recall per item:
+   does a deployment lift an unlearned model above the retrained model under it and above its own fp level?
 Scenarios as in the demo (docs/science.md §1b): `trained`, and `released-quantized` (target and retrained
 rounded onto the 4-bit g64 release grid first). Outputs: summary.json (rows + learning + seed/versions/config,
 wall times), report.md/html, a rich table. Every step is cached; a killed run resumes.
@@ -20,7 +22,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..io import hash_obj, read_json, versions, write_json
+from ..io import content_key, hash_obj, read_json, versions, write_json
+from ..scenarios import PRECISIONS, SCENARIOS, scenario_models
 
 METHODS = ["ga_gdr", "ga_klr", "npo_gdr", "npo_klr"]
 PRECISION_NAMES = ["fp", "8bit", "4bit"]
@@ -55,12 +58,10 @@ class TofuConfig:
     n_items: int | None = None  # miniature runs (tests): first n items of each split; None = all of TOFU
 
     def check(self) -> None:
-        from ..demo import PRECISIONS
-
         bad = [p for p in self.precisions if p not in PRECISIONS]
         if bad:
             raise ValueError(f"unknown precision(s) {bad}; available: {', '.join(PRECISIONS)}")
-        bad = [s for s in self.scenarios if s not in ("trained", "released-quantized")]
+        bad = [s for s in self.scenarios if s not in SCENARIOS]
         if bad:
             raise ValueError(f"unknown scenario(s) {bad}; available: trained, released-quantized")
         if self.forget not in ("forget01", "forget05", "forget10"):
@@ -94,26 +95,15 @@ def load_tofu(cfg: TofuConfig) -> dict[str, list]:
     return d
 
 
-def _scenario_models(paths: dict[str, Path], scenario: str, log) -> dict[str, Path]:
-    if scenario == "trained":
-        return {"target": paths["target"], "retrained": paths["retrained"]}
-    from ..demo import scenario_models
-
-    return scenario_models(paths, scenario, log)
-
-
 def run_unlearning(target: Path, method: str, sure: bool, cfg: TofuConfig, forget, retain, log=print) -> Path:
-    from ..unlearn import unlearn
+    from ..runs import cached_unlearn
 
     opts = dict(method=method, lr=cfg.sure_lr if sure else cfg.unlearn_lr, epochs=cfg.unlearn_epochs,
-                schedule="constant", batch_size=cfg.unlearn_batch_size, seed=cfg.seed, progress=False)
+                schedule="constant", batch_size=cfg.unlearn_batch_size, seed=cfg.seed)
     if sure:
         opts["sure_percentile"] = cfg.sure_percentile
-    out = target.parent / "unlearned" / f"{target.name}-{method}{'_sure' if sure else ''}-{hash_obj(opts, 8)}"
-    if not (out / "unlearn.json").exists():
-        log(f"[tofu] unlearning {target.name} with {method}{' + SURE' if sure else ''} at lr {opts['lr']:g}")
-        unlearn(str(target), forget, retain, out=out, overwrite=True, **opts)
-    return out
+    return cached_unlearn(target, forget, retain, opts, target.parent / "unlearned",
+                          tag=method + ("_sure" if sure else ""), log=lambda m: log(f"[tofu] {m}"))
 
 
 KEEP = ("forget/rougeL_recall", "retain/rougeL_recall", "forget/prob", "retain/prob", "forget/truth_ratio",
@@ -124,22 +114,18 @@ KEEP = ("forget/rougeL_recall", "retain/rougeL_recall", "forget/prob", "retain/p
 def eval_model(model_dir: Path, precision: str, data, cfg: TofuConfig, ref_truth_ratios: list[float] | None,
                cache: Path) -> dict:
     """TOFU metrics of one model at one precision (cached as JSON; the scorer caches per item too)."""
-    from ..demo import PRECISIONS
+    from ..attacks.quant.apply import deploy
     from ..evaluate import EvalConfig, RetrainedRef, evaluate
 
-    key = hash_obj({"m": str(model_dir), "mt": (model_dir / "model.safetensors").stat().st_mtime, "p": PRECISIONS[precision],
-                    "d": data.hashes(), "ref": ref_truth_ratios, "n": cfg.max_new_tokens, "v": 1})
+    key = hash_obj({"m": content_key(model_dir), "p": PRECISIONS[precision],
+                    "d": data.hashes(), "ref": ref_truth_ratios, "n": cfg.max_new_tokens, "v": 2})
     cp = cache / f"{key}.json"
     if cp.exists():
         return read_json(cp)
     from ..models import load_model
 
     model, tok = load_model(model_dir, device="cpu")
-    if PRECISIONS[precision] is not None:
-        from ..attacks.quant.apply import quantize_model
-        from ..attacks.quant.backends import get_quantizer
-
-        model = quantize_model(model, get_quantizer(**PRECISIONS[precision]))[0]
+    model = deploy(model, PRECISIONS[precision])
     ref = RetrainedRef(truth_ratios=ref_truth_ratios, source="retrained model, same precision") if ref_truth_ratios else None
     t0 = time.time()
     res = evaluate(model, tok, data, EvalConfig(batch_size=128, qa_max_new_tokens=cfg.max_new_tokens, n_bootstrap=200,
@@ -152,6 +138,7 @@ def eval_model(model_dir: Path, precision: str, data, cfg: TofuConfig, ref_truth
                 "ks_statistic": res["forget_quality"].meta["ks_statistic"] if "forget_quality" in res else None,
                 "forget_truth_ratios": res["forget/truth_ratio"].per_example,
                 "forget_rougeL_ci": res["forget/rougeL_recall"].meta["ci95"], "eval_s": round(time.time() - t0, 1),
+                "forget_rougeL_per_item": res["forget/rougeL_recall"].per_example,
                 "sample_outputs": res["forget/exact_match"].meta["outputs"][:3]})
     write_json(cp, row)
     return row
@@ -173,9 +160,9 @@ def run_tofu(cfg: TofuConfig | None = None, out: str | Path = "tofu", log=print)
     t_models = time.time() - t0
     data = EvalData(forget=d["forget"], retain=d["retain"], real_authors=d["real_authors"], world_facts=d["world_facts"])
     cache = models_dir(cfg.model_part()) / "eval"
-    rows, times = [], {}
+    rows, times, per_item = [], {}, {}
     for sc in cfg.scenarios:
-        mods = _scenario_models(paths, sc, log)
+        mods = scenario_models(paths, sc, log)
         entries = [("target", mods["target"]), ("retrained", mods["retrained"])]
         for meth in cfg.methods:
             for sure in ([False, True] if cfg.sure else [False]):
@@ -192,6 +179,7 @@ def run_tofu(cfg: TofuConfig | None = None, out: str | Path = "tofu", log=print)
                 fq = forget_quality(r["forget_truth_ratios"], ref["forget_truth_ratios"]).value if name == "retrained" \
                     else r["forget_quality"]
                 info = read_json(mdir / "unlearn.json") if (mdir / "unlearn.json").exists() else {}
+                per_item[(sc, name, p)] = r["forget_rougeL_per_item"]
                 rows.append({"scenario": sc, "method": name, "precision": p, "forget_quality": fq,
                              "model_utility": r["model_utility"], "model_utility_complete": r["model_utility_complete"],
                              "forget_rougeL_recall": r["forget/rougeL_recall"], "retain_rougeL_recall": r["retain/rougeL_recall"],
@@ -203,7 +191,9 @@ def run_tofu(cfg: TofuConfig | None = None, out: str | Path = "tofu", log=print)
                              "model": str(mdir)})
             times[f"{sc}/eval_{p}"] = round(time.time() - s, 1)
     learning = _learning(paths, rows)
-    summary = {"schema": "amnesiac.reproduce.tofu/1", "config": asdict(cfg), "rows": rows, "learning": learning,
+    verdicts = {sc: tofu_verdict(per_item, sc, cfg) for sc in cfg.scenarios}
+    summary = {"schema": "amnesiac.reproduce.tofu/2", "config": asdict(cfg), "rows": rows, "learning": learning,
+               "verdicts": verdicts,
                "models_s": round(t_models, 1), "step_s": times, "wall_s": round(time.time() - t0, 1),
                "models": {k: str(v) for k, v in paths.items()}, "seed": cfg.seed, "versions": versions(),
                "data": {k: len(v) for k, v in d.items()}}
@@ -213,6 +203,25 @@ def run_tofu(cfg: TofuConfig | None = None, out: str | Path = "tofu", log=print)
 
     write_tofu_report(summary, out)
     return summary
+
+
+def tofu_verdict(per_item: dict, scenario: str, cfg: TofuConfig) -> dict:
+    """The one verdict on forget ROUGE-L recall (TOFU's generation metric, per item) for one scenario."""
+    from ..metrics.recovery import Judged, judge
+
+    if "fp" not in cfg.precisions:
+        return {"verdict": None, "reason": "no full-precision evaluation: nothing to judge against"}
+    t_fp = per_item[(scenario, "target", "fp")]
+    rows = [Judged(f"{name}@{p}", v, t_fp, floor=per_item[(scenario, "retrained", p)],
+                   u_fp=per_item[(scenario, name, "fp")], extra={"method": name, "precision": p})
+            for (sc, name, p), v in per_item.items()
+            if sc == scenario and name not in ("target", "retrained") and p != "fp"]
+    if not rows:
+        return {"verdict": None, "reason": "only full precision was evaluated: no deployment to judge"}
+    v = judge(rows, "rougeL_recall", "TOFU answers are sentences: ROUGE-L recall of the greedy answer",
+              retrained_fp=per_item[(scenario, "retrained", "fp")], seed=cfg.seed)
+    v["reason"] = f"{scenario}: {v['reason']}"
+    return v
 
 
 def _learning(paths: dict[str, Path], rows: list[dict]) -> dict:

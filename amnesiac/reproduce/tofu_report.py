@@ -53,6 +53,10 @@ def print_table(summary: dict, console=None) -> None:
         for r in rows[1:]:
             t.add_row(*r)
         console.print(t)
+        v = summary.get("verdicts", {}).get(sc)
+        if v and v.get("verdict"):
+            colour = {"FAIL": "red", "PASS": "green"}.get(v["verdict"], "yellow")
+            console.print(f"[bold {colour}]{v['verdict']}[/]: {v['reason']}")
     for line in learning_lines(summary):
         console.print(line)
 
@@ -80,7 +84,9 @@ def write_tofu_report(summary: dict, out: Path) -> dict:
             series.setdefault(r["method"], []).append((order[r["precision"]], r["forget_rougeL_recall"]))
         img = plots.lines_by_x(series, "precision: " + ", ".join(f"{i} = {p}" for p, i in order.items()),
                                "forget ROUGE-L recall", f"TOFU {cfg['forget']} ({sc}): forget ROUGE-L by precision", ylim=None)
-        secs.append(Section(f"Scenario: {sc}", "", table_rows(summary, sc), [("forget ROUGE-L recall by precision", img)]))
+        v = summary.get("verdicts", {}).get(sc) or {}
+        text = f"**{v['verdict']}** — {v['reason']}" if v.get("verdict") else ""
+        secs.append(Section(f"Scenario: {sc}", text, table_rows(summary, sc), [("forget ROUGE-L recall by precision", img)]))
     secs.append(Section("Run", f"wall time {summary['wall_s']} s (models {summary['models_s']} s); seed {summary['seed']}; "
                                f"steps {summary['step_s']}; versions {summary['versions']}"))
     return write_report(out, f"amnesiac reproduce tofu ({cfg['forget']})", secs, stem="report")

@@ -1,0 +1,51 @@
+"""The demo's two scenarios (docs/science.md §1b) and its deployment columns, shared by every experiment
+that uses them (demo, reproduce tofu, sweeps): one definition, no experiment importing another.
+
+- `trained`: the target as fine-tuned;
+- `released-quantized`: the target's Linear weights rounded onto the 4-bit release grid first, as if it
+  came from a quantized release (written once next to the original, keyed by its content).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .io import content_key, read_json, write_json
+
+RELEASE_GRID = "rtn4_g64"  # the 4-bit release grid (symmetric, group 64), a name of attacks/quant/spec.py
+PRECISIONS = {  # column label -> deployment (a quantizer name of the one vocabulary, or "fp")
+    "fp": "fp",
+    "8bit": "rtn8",
+    "4bit": RELEASE_GRID,
+    "3bit": "rtn3_g64",
+    "4bit_foreign": "rtn4_g128_asym",
+}
+SCENARIOS = ("trained", "released-quantized")
+
+
+def _quantizer(name: str):
+    from .attacks.quant.spec import quantizer_from_name
+
+    return quantizer_from_name(name)
+
+
+def scenario_models(paths: dict[str, Path], scenario: str, log=print) -> dict[str, Path]:
+    """target and retrained for a scenario; released-quantized ones are written once next to the originals."""
+    if scenario == "trained":
+        return {"target": paths["target"], "retrained": paths["retrained"]}
+    if scenario != "released-quantized":
+        raise ValueError(f"unknown scenario {scenario!r}; available: trained, released-quantized")
+    from .attacks.quant.apply import released_quantized
+    from .models import load_model, save_model
+
+    out = {}
+    for name in ("target", "retrained"):
+        dst = paths[name].parent / f"{name}-released-q4g64"
+        released = dst / "released.json"
+        if not released.exists() or read_json(released).get("source_key") != content_key(paths[name]):
+            log(f"[demo] rounding {name} onto the 4-bit g64 grid (released-quantized scenario)")
+            m, tok = load_model(paths[name], device="cpu")
+            save_model(released_quantized(m, _quantizer(RELEASE_GRID)), tok, dst)
+            write_json(dst / "released.json", {"source": str(paths[name]), "grid": RELEASE_GRID,
+                                               "source_key": content_key(paths[name])})
+        out[name] = dst
+    return out
