@@ -43,9 +43,10 @@ class EvalData:
     knowmem_retain: list[QAItem] | None = None
     knowmem_retain_icl: list[QAItem] = field(default_factory=list)
     sources: dict[str, str] = field(default_factory=dict)  # part → spec it was loaded from (for meta)
+    privleak_ref: tuple[float, str] | None = None  # a known AUC(θ_r) for this data (MUSE news/books) and its source
 
     def parts(self) -> dict[str, list]:
-        skip = {"sources", "knowmem_forget_icl", "knowmem_retain_icl"}
+        skip = {"sources", "knowmem_forget_icl", "knowmem_retain_icl", "privleak_ref"}
         return {k: v for k, v in self.__dict__.items() if k not in skip and v}
 
     def hashes(self) -> dict[str, str]:
@@ -254,9 +255,16 @@ def evaluate(model, tok, data: EvalData, config: EvalConfig | None = None, retra
         for m in mia.mia_suite(mem, non, cfg.mink_k, {"on": on}):
             out[m.name] = m
         auc_u = _privleak_auc(run, data, cfg)
-        auc_r = (retrained.privleak_auc if retrained and retrained.privleak_auc is not None else cfg.privleak_ref_auc)
-        meta = {"on": on, "k": cfg.privleak_k, "auc_retrained_source":
-                (retrained.source if retrained and retrained.privleak_auc is not None else "given value")}
+        # AUC(θ_r): a retrained model's, else a value the user gave, else the data's published one (MUSE news/books)
+        if retrained and retrained.privleak_auc is not None:
+            auc_r, src = retrained.privleak_auc, retrained.source
+        elif cfg.privleak_ref_auc is not None:
+            auc_r, src = cfg.privleak_ref_auc, "given value (--privleak-ref-auc)"
+        elif data.privleak_ref is not None:
+            auc_r, src = data.privleak_ref
+        else:
+            auc_r, src = None, None
+        meta = {"on": on, "k": cfg.privleak_k, "auc_retrained_source": src}
         if auc_r is not None:
             out["privleak"] = muse.privleak(auc_u, auc_r, meta)
         out["privleak_auc"] = MetricResult("privleak_auc", auc_u, [], False,
@@ -314,6 +322,8 @@ def resolve_data(spec: str, auto: bool = True, **overrides: str | None) -> EvalD
         d.knowmem_retain, d.knowmem_retain_icl = md.knowmem_retain or None, md.knowmem_retain_icl
         d.forget_text, d.holdout_text = md.privleak.get("forget"), md.privleak.get("holdout")
         d.sources = {k: f"{muse_dir} (MUSE layout)" for k in d.parts()}
+        d.sources.update({k: v for k, v in md.files.items()})
+        d.privleak_ref = md.known_retrained_auc()
     else:
         first = load_dataset(spec)
         if first and isinstance(first[0], str):

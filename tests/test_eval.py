@@ -168,3 +168,27 @@ def test_qa_metric_functions_still_work(mem_model, tok, qa_people):
     assert exact_match_recall(mem_model, tok, items).value > 0.8
     assert rouge_recall(mem_model, tok, items).value > 0.8
     assert answer_prob(mem_model, tok, items).value > 0.5
+
+
+def test_muse_file_names_as_shipped_and_known_retrained_auc(mem_model, tok, qa_people, tmp_path):
+    """MUSE ships retain splits as retain2 (knowmem/retain2_qa.json, retain2_qa_icl.json, privleak/retain2.json);
+    a folder named news uses the published AUC(θ_r) 0.4772 when no retrained model is given."""
+    root = tmp_path / "news"
+    f, h = qa_people["forget"], qa_people["holdout"]
+    (root / "knowmem").mkdir(parents=True)
+    (root / "privleak").mkdir()
+    qa = [{"question": it.question, "answer": it.answer} for it in f]
+    (root / "knowmem" / "forget_qa.json").write_text(json.dumps(qa[2:]))
+    (root / "knowmem" / "forget_qa_icl.json").write_text(json.dumps(qa[:2]))
+    (root / "knowmem" / "retain2_qa.json").write_text(json.dumps(qa[3:]))
+    (root / "knowmem" / "retain2_qa_icl.json").write_text(json.dumps(qa[:3]))
+    (root / "privleak" / "forget.json").write_text(json.dumps([f"{it.question} {it.answer}" for it in f]))
+    (root / "privleak" / "retain2.json").write_text(json.dumps([f"{it.question} {it.answer}" for it in h]))
+    (root / "privleak" / "holdout.json").write_text(json.dumps([f"{it.question} {it.answer}" for it in h]))
+    d = resolve_data(f"muse:{root}")
+    assert len(d.knowmem_retain) == len(f) - 3 and len(d.knowmem_retain_icl) == 3
+    assert d.sources["knowmem_retain"].endswith("retain2_qa.json") and d.privleak_ref[0] == 0.4772
+    res = evaluate(mem_model, tok, d, EvalConfig(cache=False))
+    assert "knowmem_retain" in res and res["privleak"].meta["auc_retrained"] == 0.4772
+    assert res["privleak"].value == pytest.approx((res["privleak_auc"].value - 0.4772) / 0.4772 * 100)
+    assert "published" in res["privleak"].meta["auc_retrained_source"]

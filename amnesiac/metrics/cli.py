@@ -47,7 +47,9 @@ def register(app: typer.Typer) -> None:
                  seed: int = typer.Option(0, help="seed (bootstrap resampling; decoding is greedy)"),
                  device: str = typer.Option("auto"), dtype: str = typer.Option("float32"),
                  cache: bool = typer.Option(True, help="per-example cache under $AMNESIAC_HOME/cache (resumable)"),
-                 progress: bool = typer.Option(True)):
+                 progress: bool = typer.Option(True),
+                 muse_x100: bool = typer.Option(False, "--muse-x100", help="print VerbMem / KnowMem on MUSE's ×100 scale "
+                                                                           "(the JSON keeps the 0–1 values)")):
         """Evaluate one model: TOFU, MUSE, MIA and memorisation metrics (docs/science.md §5)."""
         import time
 
@@ -91,8 +93,11 @@ def register(app: typer.Typer) -> None:
         for k, r in res.items():
             ci = r.meta.get("ci95")
             label = f"{k} (partial {r.meta['n_components']}/9)" if k == "model_utility" and not r.meta["complete"] else k
-            t.add_row(label, f"{r.value:.4f}" if r.value is not None else "-",
-                      f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "", "↑" if r.higher_is_better else "↓",
+            scale = 100.0 if muse_x100 and k in ("verbmem", "knowmem_forget", "knowmem_retain") else 1.0
+            if scale != 1.0:
+                label += " (×100)"
+            t.add_row(label, f"{scale * r.value:.4f}" if r.value is not None else "-",
+                      f"[{scale * ci[0]:.3f}, {scale * ci[1]:.3f}]" if ci else "", "↑" if r.higher_is_better else "↓",
                       str(r.meta.get("n", r.meta.get("n_member", ""))))
         console.print(t)
         console.print(f"wrote {out / 'summary.json'} and {out / 'per_example.jsonl'} ({meta['wall_s']} s)")

@@ -22,8 +22,11 @@ VERBMEM_NEW_TOKENS = 128  # §5 VerbMem
 KNOWMEM_NEW_TOKENS = 32  # §5 KnowMem
 KNOWMEM_CUTS = ("\n\n", "\nQuestion", "Question:")  # §5 KnowMem: split on each, in this order
 PRIVLEAK_K = 0.4  # §5 PrivLeak: Min-40 %
-# Published AUC(θ_r) of the benchmark's retrained models (§5), for runs without a retrained model.
+# Published AUC(θ_r) of the benchmark's retrained models (docs/science.md §5: MUSE's own retrained Llama-2-7B
+# on News and ICLM-7B on Books), used by default for a MUSE folder named news / books without a retrained model.
 KNOWN_RETRAINED_AUC = {"news": 0.4772, "books": 0.5393}
+# MUSE ships its retain splits under a numbered name (retain1/retain2: two halves; MUSE's evaluation uses retain2)
+RETAIN_NAMES = ("retain", "retain2", "retain1")
 
 
 # ---- KnowMem -------------------------------------------------------------------------------
@@ -133,6 +136,13 @@ class MuseData:
     knowmem_retain: list[QAItem] = field(default_factory=list)
     knowmem_retain_icl: list[QAItem] = field(default_factory=list)
     privleak: dict[str, list[str]] = field(default_factory=dict)  # forget / retain / holdout texts
+    files: dict[str, str] = field(default_factory=dict)  # part -> the file it was read from
+    corpus: str | None = None  # "news" / "books" when the folder is named so (known retrained AUC)
+
+    def known_retrained_auc(self) -> tuple[float, str] | None:
+        if self.corpus in KNOWN_RETRAINED_AUC:
+            return KNOWN_RETRAINED_AUC[self.corpus], f"MUSE {self.corpus}: published AUC of its retrained model"
+        return None
 
 
 def _read_records(path: Path) -> list:
@@ -154,6 +164,13 @@ def _find(root: Path, rel: str) -> Path | None:
     return None
 
 
+def _find_first(root: Path, rels: Sequence[str]) -> Path | None:
+    for rel in rels:
+        if p := _find(root, rel):
+            return p
+    return None
+
+
 def _fields(path: Path, rows: list, names: Sequence[str]) -> list[tuple[str, ...]]:
     out = []
     for i, r in enumerate(rows, 1):
@@ -169,17 +186,21 @@ def load_muse(root: str | Path) -> MuseData:
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: not a MUSE data folder")
-    d = MuseData()
+    d = MuseData(corpus=root.name.lower() if root.name.lower() in KNOWN_RETRAINED_AUC else None)
+    names = {"forget": ("forget",), "retain": RETAIN_NAMES, "holdout": ("holdout",)}
     if p := _find(root, "verbmem/forget"):
         d.verbmem = [VerbItem(a, b) for a, b in _fields(p, _read_records(p), ("prompt", "gt"))]
+        d.files["verbmem"] = str(p)
     for side in ("forget", "retain"):
         for suffix, attr in (("_qa", f"knowmem_{side}"), ("_qa_icl", f"knowmem_{side}_icl")):
-            if p := _find(root, f"knowmem/{side}{suffix}"):
+            if p := _find_first(root, [f"knowmem/{n}{suffix}" for n in names[side]]):
                 setattr(d, attr, [QAItem(q, a) for q, a in _fields(p, _read_records(p), ("question", "answer"))])
+                d.files[attr] = str(p)
     for split in ("forget", "retain", "holdout"):
-        if p := _find(root, f"privleak/{split}"):
+        if p := _find_first(root, [f"privleak/{n}" for n in names[split]]):
             rows = _read_records(p)
             d.privleak[split] = [r if isinstance(r, str) else _fields(p, [r], ("text",))[0][0] for r in rows]
+            d.files[f"privleak_{split}"] = str(p)
     if not (d.verbmem or d.knowmem_forget or d.privleak):
         raise DataError(f"{root}: no MUSE files found (expected verbmem/forget.json, knowmem/forget_qa.json, "
                         f"privleak/forget.json, ...)")
