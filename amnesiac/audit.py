@@ -141,6 +141,36 @@ def _prompt_variant(name: str, forget: list[QAItem], retain: list[QAItem], seed:
     return [v[0] if v else item_prompt(it) for v, it in zip(variants, forget)]
 
 
+def present_metrics(res: dict) -> list[str]:
+    from .measure import METRICS
+
+    return [k for k in METRICS if f"forget_{k}" in res["unlearned"]["fp"]]
+
+
+def _metric_effects(rows: list[dict], res: dict, attacks: list[str], metrics: list[str], seed: int) -> None:
+    """Every applicable metric on every attack row: U's mean and the paired difference to the same floor the
+    verdict uses (R under the same attack, else U at full precision), with its 95 % CI. In place."""
+    from .metrics.stats import paired_test
+
+    for row, a in zip(rows, attacks):
+        u = res["unlearned"][a]
+        sel = u.get("item_index")
+        eff = {}
+        for k in metrics:
+            x = np.asarray(u[f"forget_{k}"], dtype=np.float64)
+            if "retrained" in res:
+                ref, floor = np.asarray(res["retrained"][a][f"forget_{k}"], dtype=np.float64), "retrained"
+            elif a != "fp":
+                ref = np.asarray(res["unlearned"]["fp"][f"forget_{k}"], dtype=np.float64)
+                ref, floor = (ref[np.asarray(sel)] if sel is not None else ref), "unlearned@fp"
+            else:
+                eff[k] = {"value": float(x.mean())}
+                continue
+            t = paired_test(x, ref, 2000, seed)
+            eff[k] = {"value": float(x.mean()), "vs": floor, "diff": t["diff"], "diff_ci": [t["low"], t["high"]]}
+        row["all_metrics"] = eff
+
+
 def _summaries(res: dict, metrics: list[str], seed: int) -> dict:
     """Mean and 95 % CI of every metric, per model, attack and set."""
     from .metrics.stats import bootstrap_ci
@@ -181,7 +211,7 @@ class Audit:
     def run(self) -> dict:
         import torch
 
-        from .measure import METRICS, scoring_for
+        from .measure import scoring_for
         from .metrics.recovery import Judged, judge
         from .models import load_model
 
@@ -251,9 +281,10 @@ class Audit:
         v = judge(rows, metric, scoring.reason, n_boot=cfg.n_boot, seed=cfg.seed, margin=cfg.margin, alpha=cfg.alpha,
                   retrained_fp=res["retrained"]["fp"][f"forget_{metric}"] if "retrained" in res else None,
                   floor_value=floor_value)
+        _metric_effects(v["rows"], res, attacks, present_metrics(res), cfg.seed)
         collapse = self._collapse(attacks, models)
         mia = self._mia(models) if cfg.mia and self.holdout else None
-        present = [k for k in METRICS if f"forget_{k}" in res["unlearned"]["fp"]]
+        present = present_metrics(res)
         summary = {
             "schema": "amnesiac.audit/2", "verdict": {k: v[k] for k in v if k != "rows"}, "models": models,
             "model_keys": keys, "attacks": attacks, "skipped_attacks": skipped, "scoring": scoring.to_json(),

@@ -47,6 +47,8 @@ def test_audit_summary_schema_and_resume(audit_models, qa_people, tmp_path):
     for r in s1["recovery"][1:]:
         assert {"value", "value_ci", "recovery_ratio", "excess", "excess_ci", "gain_over_fp", "p", "p_holm",
                 "significant", "floor_value"} <= set(r)
+    assert {"exact_match", "rougeL_recall", "prob"} <= set(s1["recovery"][2]["all_metrics"])
+    assert s1["recovery"][2]["all_metrics"]["prob"]["vs"] == "retrained"
     # every applicable metric, with a CI, for every model and attack
     assert {"forget_exact_match", "forget_rougeL_recall", "forget_prob", "retain_exact_match"} <= set(
         s1["results"]["unlearned"]["rtn8"])
