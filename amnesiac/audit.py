@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from .attacks.quant.spec import is_quantizer
 from .data.schema import QAItem, item_prompt, qa_answer
 from .io import content_key, hash_obj, read_json, versions, write_json, write_jsonl
 from .metrics.recovery import ALPHA, MARGIN, check_margin
@@ -34,14 +35,6 @@ SUITES = {
 PROMPT_ATTACKS = {"paraphrase", "icl_forget", "icl_same_person", "step_by_step", "cloze"}
 
 
-def is_quantizer(name: str) -> bool:
-    from .attacks.quant.spec import quantizer_config
-
-    try:
-        quantizer_config(name)
-        return True
-    except ValueError:
-        return False
 
 
 @dataclass

@@ -52,7 +52,7 @@ class DemoConfig:
     scenarios: tuple[str, ...] = ("trained", "released-quantized")
     max_retain: int = 300
     n_boot: int = 10000  # p ≥ 1/(n_boot+1): with ~50 deployments judged, Holm needs p well below 0.025/50
-    smollm2: bool = False  # append the SmolLM2 rows (amnesiac.reproduce.smollm2_demo), off by default
+    smollm2: bool = False  # append the SmolLM2 rows (`amnesiac demo --smollm2`: the CLI composes the two experiments)
 
 
 def _quantizer(name: str):
@@ -171,16 +171,14 @@ def run_demo(cfg: DemoConfig | None = None, out: str | Path = "demo", log=print)
                "prepare_s": round(t_prep, 1), "unlearn_s": times, "wall_s": round(time.time() - t0, 1),
                "models": {k: str(v) for k, v in paths.items()}, "versions": versions(), "seed": cfg.seed,
                "release_grid": RELEASE_GRID, "precisions": PRECISIONS, "margin": MARGIN,
-               "scoring": scoring.to_json()}
-    if cfg.smollm2:  # SmolLM2-135M, a real Q4_1 release: rows from `amnesiac reproduce smollm2` (cached)
-        from .reproduce.smollm2_demo import add_to_demo
-
-        add_to_demo(summary, out, log)
+               "scoring": scoring.to_json(),
+               "collapse_per_layer": {f"{sc}/{name}": r["collapse_per_layer"] for (sc, name), r in raw.items()
+                                      if "collapse_per_layer" in r}}
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "summary.json", summary)
     from .report.demo_report import write_demo_report
 
-    write_demo_report(summary, raw, out)
+    write_demo_report(summary, out)
     return summary
 
 

@@ -7,7 +7,7 @@ import torch
 pytest.importorskip("gguf", reason="the gguf package is needed for GGUF files: pip install gguf")
 
 from amnesiac.attacks.quant.gguf_backend import GGUFQuantizer  # noqa: E402
-from amnesiac.models.gguf_io import gguf_name, write_gguf  # noqa: E402
+from amnesiac.attacks.quant.gguf_io import gguf_name, write_gguf  # noqa: E402
 from amnesiac.models.load import check_model_dir, load_model  # noqa: E402
 
 

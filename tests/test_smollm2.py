@@ -71,7 +71,7 @@ def test_writing_the_converted_model_as_q4_1_reproduces_the_release(smollm2, tmp
     import numpy as np
     from gguf import GGUFReader
 
-    from amnesiac.models.gguf_io import write_gguf
+    from amnesiac.attacks.quant.gguf_io import write_gguf
 
     d, model, tok = smollm2
     p = write_gguf(model, tok, tmp_path / "smollm2.q4_1.gguf", ftype="q4_1")

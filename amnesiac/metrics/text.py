@@ -1,25 +1,9 @@
 """String metrics: answer normalisation, exact match, ROUGE variants (docs/science.md §5)."""
 from __future__ import annotations
 
-import re
-import string
 from functools import lru_cache
 
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-
-
-def normalize_answer(s: str) -> str:
-    """SQuAD-style: lower case, drop punctuation and articles, collapse whitespace."""
-    s = s.lower()
-    s = "".join(ch for ch in s if ch not in set(string.punctuation))
-    s = _ARTICLES.sub(" ", s)
-    return " ".join(s.split())
-
-
-def exact_match(prediction: str, gold: str) -> float:
-    """1.0 when the normalised first line of the prediction equals the normalised gold answer."""
-    first = prediction.strip().split("\n", 1)[0] if prediction.strip() else ""
-    return float(normalize_answer(first) == normalize_answer(gold))
+from ..data.answers import exact_match, normalize_answer  # noqa: F401  (one definition, re-exported)
 
 
 @lru_cache(maxsize=4)

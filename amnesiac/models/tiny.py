@@ -107,12 +107,23 @@ def _people_examples(tok, people, rng, renders: int, qa: bool, all_questions: bo
     return ex
 
 
+def exact_match_recall(model, tok, items, batch_size: int = 32) -> float:
+    """Share of items whose greedy answer (≤ 16 tokens, first line) matches exactly: the training criterion
+    (the same computation as metrics.qa.exact_match_recall, without importing the metrics layer)."""
+    from ..core import generate_greedy
+    from ..data.answers import exact_match
+    from ..data.schema import item_prompt
+
+    outs = generate_greedy(model, tok, [item_prompt(it) for it in items], max_new_tokens=16, stop_strings=["\n"],
+                           batch_size=batch_size)
+    return float(sum(exact_match(o, it.answer) for o, it in zip(outs, items)) / max(1, len(items)))
+
+
 def prepare(size: str = "xs", seed: int = 0, force: bool = False, log=print, **kw) -> dict[str, Path]:
     """Build (or reuse) tokenizer, base, target and retrained models. Returns their paths."""
     import torch
 
     from ..data.sources import build_bios
-    from ..metrics.qa import exact_match_recall
     from ..data import load_qa_jsonl
     from .load import load_tokenizer, save_model
     from .train import train_lm, weight_stats
@@ -176,7 +187,7 @@ def prepare(size: str = "xs", seed: int = 0, force: bool = False, log=print, **k
         def check(ep: int) -> bool:  # every `check_every` epochs: recall on the training questions
             if ep % rec["check_every"]:
                 return False
-            r = exact_match_recall(model, tok, train_items).value
+            r = exact_match_recall(model, tok, train_items)
             model.train()
             rounds.append({"epochs": ep, "train_recall": r, "t": round(time.time() - t0, 1)})
             log(f"[prepare] {name}: {ep} epochs, recall on its training questions {r:.3f}")
@@ -189,7 +200,7 @@ def prepare(size: str = "xs", seed: int = 0, force: bool = False, log=print, **k
         recall = {}
         for split in (cfg["forget"], "retain" + str(100 - int(cfg["forget"][-2:]))):
             items = load_qa_jsonl(data_dir / f"{split}.jsonl")
-            recall[split] = exact_match_recall(model, tok, items).value
+            recall[split] = exact_match_recall(model, tok, items)
         log(f"[prepare] {name}: exact-match recall {recall}")
         finish(name, model, steps, t0, {"n_examples": len(ex), "recall": recall, "n_people": len(people),
                                          "rounds": rounds, "epochs": epochs,

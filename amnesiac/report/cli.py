@@ -148,6 +148,14 @@ def register(app: typer.Typer) -> None:
                 raise typer.Exit(1)
         summary = run_demo(DemoConfig(size=size, seed=seed, sure=sure, robust=robust, methods=methods.split(","),
                                       smollm2=smollm2), out, log=c.print)
+        if smollm2:  # two experiments side by side, composed here: the SmolLM2 rows join the demo's summary
+            from ..io import write_json
+            from ..reproduce.smollm2_demo import add_to_demo
+            from .demo_report import write_demo_report
+
+            add_to_demo(summary, out, c.print)
+            write_json(out / "summary.json", summary)
+            write_demo_report(summary, out)
         print_table(summary, c)
         c.print(f"wall time {summary['wall_s']} s (prepare {summary['prepare_s']} s); wrote {out}/summary.json, "
                 f"{out}/report.md, {out}/report.html")

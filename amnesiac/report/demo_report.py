@@ -49,7 +49,7 @@ def print_table(summary: dict, console=None) -> None:
         console.print(f"[bold {colour}]{v['verdict']}[/]: {v['reason']}")
 
 
-def write_demo_report(summary: dict, raw: dict, out: Path) -> dict:
+def write_demo_report(summary: dict, out: Path) -> dict:
     secs = [Section("What this is", (
         "Tiny Llama target fine-tuned on fictitious people, unlearned on 10 % of them with small-update "
         "methods, their SURE variants and their quantization-aware `_ROBUST` variants (trained through the "
@@ -70,7 +70,8 @@ def write_demo_report(summary: dict, raw: dict, out: Path) -> dict:
         img = plots.lines_by_x(series, "bits (16 = full precision)", "forget recall",
                                f"{sc}: forget recall by precision")
         layer_img = []
-        coll = {n: r["collapse_per_layer"] for (s, n), r in raw.items() if s == sc and "collapse_per_layer" in r}
+        coll = {k.split("/", 1)[1]: v for k, v in summary.get("collapse_per_layer", {}).items()
+                if k.split("/", 1)[0] == sc}
         if coll:
             name, per = next(iter(coll.items()))
             short = {k.replace("model.layers.", "L").replace(".weight", "").replace("self_attn.", "").replace("mlp.", ""): v

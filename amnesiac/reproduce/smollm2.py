@@ -69,7 +69,7 @@ class SmolConfig:
     eval_batch: int = 64
 
     def check(self) -> None:
-        from ..audit import is_quantizer
+        from ..attacks.quant.spec import is_quantizer
 
         bad = [p for p in self.precisions if p != "fp" and not is_quantizer(p)]
         if bad:

@@ -174,7 +174,7 @@ def save_quantized(model, tok, out, names: list[str], log=None) -> dict:
         entry = {"dir": str(d)}
         cfg = quantizer_config(n)
         if cfg["backend"] == "gguf":
-            from ..models.gguf_io import write_gguf
+            from ..attacks.quant.gguf_io import write_gguf
 
             try:
                 entry["gguf"] = str(write_gguf(model, tok, d / f"model-{n}.gguf", ftype=cfg["kind"]))

@@ -190,7 +190,7 @@ class GGUFQuantizer:
         raise RuntimeError(
             "GGUF formats have no in-torch native runtime: native=False already computes with exactly the "
             "weights a .gguf file holds (gguf's own dequantize). To run llama.cpp itself, write the file with "
-            "amnesiac.models.gguf_io.write_gguf and load it with llama-cpp-python (no PyPI wheel for Linux; "
+            "amnesiac.attacks.quant.gguf_io.write_gguf and load it with llama-cpp-python (no PyPI wheel for Linux; "
             "it compiles llama.cpp from source)")
 
 

@@ -48,6 +48,15 @@ def quantizer_config(name: str) -> dict:
                      f"{', '.join(GGUF_KINDS)} (or gguf_<kind>), and RTN specs rtn<bits>[_sym|_asym][_g<group>|_ch]")
 
 
+def is_quantizer(name: str) -> bool:
+    """Whether `name` belongs to the vocabulary (full precision, "fp", does not)."""
+    try:
+        quantizer_config(name)
+        return True
+    except ValueError:
+        return False
+
+
 def quantizer_from_name(name: str):
     """The attack's own quantizer object for `name` (raises BackendMissing with an install hint)."""
     from .backends import get_quantizer

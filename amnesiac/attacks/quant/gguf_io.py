@@ -100,7 +100,7 @@ def write_gguf(model, tokenizer, path: str | Path, ftype: str = "f32", embed_typ
 
     import gguf
 
-    from ..attacks.quant.gguf_backend import BLOCK, GGUFQuantizer
+    from .gguf_backend import BLOCK, GGUFQuantizer
 
     ftype = ftype.lower()
     if ftype not in FTYPES:
