@@ -145,7 +145,11 @@ def write_gguf(model, tokenizer, path: str | Path, ftype: str = "f32", embed_typ
                          ("pad", tokenizer.pad_token_id), ("unk", tokenizer.unk_token_id)):
             if tid is not None:
                 getattr(w, f"add_{key}_token_id")(int(tid))
-        w.add_add_bos_token(bool(getattr(tokenizer, "add_bos_token", False)))
+        # what the tokenizer really does (its post-processor), not a flag that may not reflect it
+        from ...core.logprobs import special_prefix
+
+        adds_bos = tokenizer.bos_token_id is not None and special_prefix(tokenizer) == [tokenizer.bos_token_id]
+        w.add_add_bos_token(bool(adds_bos))
         if getattr(tokenizer, "chat_template", None):
             w.add_chat_template(tokenizer.chat_template)
 
