@@ -31,7 +31,6 @@ def special_prefix(tokenizer) -> list[int]:
     probe = "a b"
     full = list(tokenizer(probe, add_special_tokens=True)["input_ids"])
     bare = list(tokenizer(probe, add_special_tokens=False)["input_ids"])
-    prefix: list[int] = []
     for k in range(len(full) - len(bare) + 1):
         if full[k:k + len(bare)] == bare:
             return full[:k]

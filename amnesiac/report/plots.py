@@ -101,7 +101,7 @@ def roc(curves: dict[str, tuple[list[float], list[float], float]], title: str = 
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
     ax.set_title(title)
-    if many:
+    if len(curves) > 6:  # many curves: the legend goes outside so it hides none of them
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     else:
         ax.legend(fontsize=8)
