@@ -35,7 +35,7 @@ def audit_models(tmp_path_factory, trained_tiny, tok, qa_people):
 def test_audit_summary_schema_and_resume(audit_models, qa_people, tmp_path):
     from amnesiac.report.audit_report import write_audit_report
 
-    cfg = AuditConfig(attacks=["fp", "rtn8", "rtn4_g64", "paraphrase"], n_boot=500, max_retain=40)
+    cfg = AuditConfig(attacks=["fp", "rtn8", "rtn4_g64", "paraphrase"], n_boot=500, max_retain=40, mia=True)
     out = tmp_path / "a"
     a = Audit(str(audit_models / "target"), str(audit_models / "unlearned"), qa_people["forget"], qa_people["retain"],
               out, retrained=str(audit_models / "retrained"), holdout=qa_people["holdout"], config=cfg)
@@ -66,6 +66,7 @@ def test_audit_summary_schema_and_resume(audit_models, qa_people, tmp_path):
     paths = write_audit_report(s1, out)
     html = paths["html"].read_text()
     assert "data:image/png;base64," in html and s1["verdict"]["verdict"] in html
+    assert set(s1["mia"]) == {"target", "unlearned", "retrained"} and "MIA" in html  # the ROC figure renders
 
 
 def test_audit_rejects_empty_forget(audit_models, qa_people, tmp_path):
