@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import UserError
 
-class ModelLoadError(RuntimeError):
+
+class ModelLoadError(UserError, RuntimeError):  # amnesiac.errors family; RuntimeError kept for old callers
     pass
 
 
