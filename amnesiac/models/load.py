@@ -54,6 +54,32 @@ def check_model_dir(path: str | Path) -> Path:
     return p
 
 
+_CTX_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
+
+
+def model_context(model) -> int | None:
+    """The model's context length in tokens, from its config.json (read without loading weights) or its
+    config object; None when it does not say (or for a .gguf file)."""
+    import json
+
+    if isinstance(model, (str, Path)):
+        p = Path(model)
+        if not p.is_dir() or not (p / "config.json").is_file():
+            return None
+        try:
+            cfg = json.loads((p / "config.json").read_text())
+        except (OSError, ValueError) as e:
+            raise ModelLoadError(f"{p}/config.json: not valid JSON ({e})", "repair or re-save the model") from None
+    else:
+        c = getattr(model, "config", None)
+        cfg = c.to_dict() if hasattr(c, "to_dict") else {}
+    for k in _CTX_KEYS:
+        v = cfg.get(k) if isinstance(cfg, dict) else None
+        if isinstance(v, int) and v > 0:
+            return v
+    return None
+
+
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
