@@ -227,15 +227,15 @@ class OutputClaim:
         o = self.out.resolve()
         for i in self.inputs:
             r = i.resolve()
-            rel = ("is the input" if o == r else "is inside the input" if o in r.parents
-                   else "contains the input" if r in o.parents else None)
+            rel = ("is the input" if o == r else "is inside the input" if r in o.parents
+                   else "contains the input" if o in r.parents else None)
             if rel:
                 raise self._err(f"{rel} {i}", "choose an output path outside every input (amnesiac never "
                                 "writes over what it reads)")
-        anc = o
+        anc = o.parent  # outputs are written as temp siblings then renamed: the parent must take new entries
         while not anc.exists():
             anc = anc.parent
-        if anc != o and not anc.is_dir():
+        if not anc.is_dir():
             raise self._err(f"{anc} is a file, not a folder", "choose another output path")
         if not os.access(anc, os.W_OK | os.X_OK):
             raise self._err(f"{anc} is not writable", "choose a writable location")

@@ -15,10 +15,23 @@ class ModelLoadError(UserError, RuntimeError):  # amnesiac.errors family; Runtim
 
 
 def resolve_device(device: str | None = "auto") -> str:
+    """auto → cuda if available, else cpu; a malformed name or an absent CUDA device is a one-line error
+    here rather than a torch error after the model has loaded."""
+    import re
+
     import torch
 
     if device in (None, "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
+    m = re.fullmatch(r"(cpu|cuda|mps|xpu|meta)(?::(\d+))?", str(device))
+    if not m:
+        raise ModelLoadError(f"unknown device {device!r}", "use auto, cpu, cuda or cuda:N")
+    if m.group(1) == "cuda":
+        n = torch.cuda.device_count()
+        if n == 0:
+            raise ModelLoadError(f"device {device!r}: CUDA is not available here", "use --device cpu (or auto)")
+        if m.group(2) is not None and int(m.group(2)) >= n:
+            raise ModelLoadError(f"device {device!r}: only {n} CUDA device(s)", f"use cuda:0 … cuda:{n - 1}")
     return device
 
 
@@ -28,7 +41,7 @@ def resolve_dtype(dtype: str | None):
     table = {None: torch.float32, "float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
              "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
     if dtype not in table:
-        raise ValueError(f"unknown dtype {dtype!r}; available: float32, bfloat16, float16")
+        raise ModelLoadError(f"unknown dtype {dtype!r}", "available: float32, bfloat16, float16")
     return table[dtype]
 
 

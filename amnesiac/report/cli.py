@@ -7,6 +7,14 @@ from typing import Optional
 import typer
 
 
+def _margin(v: float) -> float:  # issue 21: a margin ≥ 1 (or nan) made every verdict PASS
+    import math
+
+    if not (math.isfinite(v) and 0 <= v < 1):
+        raise typer.BadParameter(f"must be a number with 0 ≤ margin < 1, got {v}")
+    return v
+
+
 def register(app: typer.Typer) -> None:
     @app.command("audit")
     def audit_cmd(target: Path = typer.Option(..., help="model before unlearning (HF dir or .gguf)"),
@@ -18,7 +26,7 @@ def register(app: typer.Typer) -> None:
                   suite: str = typer.Option("quick", help="quick | full"),
                   attacks: Optional[str] = typer.Option(None, help="comma-separated attack list (overrides --suite)"),
                   out: Path = typer.Option(Path("audit"), help="output folder (resumes from its cache)"),
-                  seed: int = typer.Option(0), margin: float = typer.Option(0.05, help="verdict margin (absolute recall)"),
+                  seed: int = typer.Option(0), margin: float = typer.Option(0.05, callback=_margin, help="verdict margin (absolute recall)"),
                   max_retain: int = typer.Option(300, help="retain items evaluated")):
         """Attack an unlearned model (quantization, prompts, relearning, MIA), measure recovery, give a verdict."""
         from rich.console import Console

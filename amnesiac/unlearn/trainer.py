@@ -257,7 +257,7 @@ def train(ctx: Ctx, method: Method, reg: Regularizer, params: dict[str, torch.nn
             sure_mod.masked_weight_decay(params, sure_masks, lr, wd_map)
         opt.step()
         if not _weights_finite(plist):  # lr inf / huge: the loss of the *next* step would be the first to see it
-            raise UnlearnDiverged(_diverged_msg(step, {"weights": float("nan")}, ckpt, "weights"))
+            raise UnlearnDiverged(_diverged_msg(step, {}, ckpt, "weights"))
 
         rec = {"step": step + 1, "lr": lr, "grad_norm": _sig(float(gn)),
                **{k: _sig(v) for k, v in parts.items() if k == "loss" or k in terms},
@@ -313,6 +313,6 @@ def check_identity(ckpt: Path, saved: dict, now: dict) -> None:
 def _diverged_msg(step: int, vals: dict, ckpt: Path | None, what: str = "loss or gradient") -> str:
     where = (f"the last good checkpoint is kept at {ckpt}" if ckpt is not None and ckpt.exists()
              else "no checkpoint was written yet (use checkpoint_every)")
-    nums = ", ".join(f"{k}={v:.4g}" for k, v in vals.items())
-    return (f"non-finite {what} at step {step + 1} ({nums}); {where} — "
+    nums = f" ({', '.join(f'{k}={v:.4g}' for k, v in vals.items())})" if vals else ""
+    return (f"non-finite {what} at step {step + 1}{nums}; {where} — "
             "lower the learning rate, use float32, or add a regulariser")
