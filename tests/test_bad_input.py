@@ -230,6 +230,9 @@ CASES = [
     ("models facts --model missing", ["models", "facts", "--model", "@nothere"], 2, "no such model"),
     ("models facts --batch-size 0", ["models", "facts", "--model", "@model", "--batch-size", "0"], 2, "--batch-size"),
 ]
+if not torch.cuda.is_available():  # a CUDA device that is not there: refused before any model loads
+    CASES += [("unlearn --device cuda (none here)", U("--device", "cuda"), 2, "CUDA is not available"),
+              ("quantize --device cuda:3 (none here)", Q("--device", "cuda:3"), 2, "CUDA is not available")]
 
 
 def _args(args: list[str], root: Path) -> list[str]:

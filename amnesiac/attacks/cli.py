@@ -80,11 +80,11 @@ def quantize_cmd(model: Path = typer.Option(..., "--model", help="model folder (
                  device: str = typer.Option("auto"), dtype: str = typer.Option("float32"), overwrite: bool = _OVERWRITE):
     """Quantize a model's weights and save the dequantized model (any metric runs on it unchanged)."""
     from ..models import load_model, save_model
-    from ..models.load import check_model_dir, resolve_device, resolve_dtype
+    from ..models.load import check_model_dir, check_device, resolve_dtype
     from .quantize import quantize_attack
 
     _quantizer(backend, bits, group, scheme, kind)
-    resolve_device(device), resolve_dtype(dtype), check_model_dir(model)
+    check_device(device), resolve_dtype(dtype), check_model_dir(model)
     with _claim(out, [model], overwrite, "attack-quantize") as claim:  # never --model, never a foreign folder
         m, tok = load_model(model, device=device, dtype=dtype)
         res = quantize_attack(m, tok, backend=backend, bits=bits, group=group, scheme=scheme, kind=kind,
@@ -153,7 +153,7 @@ def relearn_cmd(model: Path = typer.Option(..., "--model", help="unlearned model
     """Relearning attack: fine-tune k steps on part of the forget set, recall on the held-out part."""
     from ..errors import UserError
     from ..models import load_model, save_model
-    from ..models.load import check_model_dir, resolve_device
+    from ..models.load import check_model_dir, check_device
     from .relearn import check_forget_items, check_relearn_options, relearn_attack
 
     check_relearn_options(fraction, steps, lr, batch_size, by, control)
@@ -161,7 +161,7 @@ def relearn_cmd(model: Path = typer.Option(..., "--model", help="unlearned model
         raise UserError("--save-model needs --out (the folder to save the relearned model in)")
     if save_model_ and out.suffix == ".json":
         raise UserError(f"--save-model saves a model folder; --out {out} is a .json file", "give --out a folder")
-    resolve_device(device), check_model_dir(model)
+    check_device(device), check_model_dir(model)
     f_items, r_items, t_items = _items(forget), _items(retain), _items(texts)  # bad data fails before the model loads
     check_forget_items(f_items)
     paths = [model, *(Path(x) for x in (forget, retain, texts) if x and Path(x).exists())]
@@ -191,7 +191,7 @@ def prompts_cmd(model: Path = typer.Option(..., "--model"),
 
     from ..errors import UserError
     from ..models import load_model
-    from ..models.load import check_model_dir, resolve_device
+    from ..models.load import check_model_dir, check_device
     from .prompts import TRANSFORMS, prompt_attack
 
     names = "all" if transforms == "all" else [t.strip() for t in transforms.split(",") if t.strip()]
@@ -199,7 +199,7 @@ def prompts_cmd(model: Path = typer.Option(..., "--model"),
     if bad or not names:
         raise UserError(f"unknown prompt transform(s) {', '.join(bad) or repr(transforms)}",
                         f"available: all, {', '.join(TRANSFORMS)}")
-    resolve_device(device), check_model_dir(model)
+    check_device(device), check_model_dir(model)
     items, pool = _items(forget), _items(retain)
     with _claim(out, [model, forget, retain], overwrite, "attack-prompts") as claim:
         m, tok = load_model(model, device=device)
@@ -220,10 +220,10 @@ def probe_cmd(model: Path = typer.Option(..., "--model"),
               overwrite: bool = _OVERWRITE):
     """Hidden-state probes: logit lens on the forget set; linear probe trained on retain, applied to forget."""
     from ..models import load_model
-    from ..models.load import check_model_dir, resolve_device
+    from ..models.load import check_model_dir, check_device
     from .probes import probe_attack
 
-    resolve_device(device), check_model_dir(model)
+    check_device(device), check_model_dir(model)
     f_items, r_items = _items(forget), _items(retain)
     with _claim(out, [model, forget, retain], overwrite, "attack-probe") as claim:
         m, tok = load_model(model, device=device)

@@ -35,7 +35,7 @@ def _load_retrained(path: str, tok_model_data, cfg):
 def _check_eval_options(template, batch_size, qa_max_new_tokens, max_length, privleak_ref_auc, device, dtype):
     """Every eval option, before any data or model loads (UserError, one line)."""
     from ..errors import UserError, check_number
-    from ..models.load import resolve_device, resolve_dtype
+    from ..models.load import check_device, resolve_dtype
 
     if "{question}" not in template:
         raise UserError(f"--template {template!r} has no {{question}} placeholder", "add {question} where the question goes")
@@ -43,7 +43,7 @@ def _check_eval_options(template, batch_size, qa_max_new_tokens, max_length, pri
     check_number("--qa-max-new-tokens", qa_max_new_tokens, ge=1, integer=True, optional=True)
     check_number("--max-length", max_length, ge=2, integer=True, optional=True)
     check_number("--privleak-ref-auc", privleak_ref_auc, ge=0, le=1, optional=True)
-    resolve_device(device), resolve_dtype(dtype)
+    check_device(device), resolve_dtype(dtype)
 
 
 def register(app: typer.Typer) -> None:

@@ -71,9 +71,9 @@ def register(app: typer.Typer) -> None:
 
         from ..data.facts import load_facts
         from ..io import claim_output
-        from .load import check_model_dir, resolve_device
+        from .load import check_model_dir, check_device
 
-        resolve_device(device), check_model_dir(model)
+        check_device(device), check_model_dir(model)
         items = load_facts(facts)
         claim = (claim_output(out, [model, facts], overwrite=overwrite, kind="facts") if out
                  else contextlib.nullcontext())

@@ -15,24 +15,32 @@ class ModelLoadError(UserError, RuntimeError):  # amnesiac.errors family; Runtim
 
 
 def resolve_device(device: str | None = "auto") -> str:
-    """auto → cuda if available, else cpu; a malformed name or an absent CUDA device is a one-line error
-    here rather than a torch error after the model has loaded."""
+    """auto → cuda if available, else cpu; a malformed name is a one-line error (ModelLoadError)."""
     import re
 
     import torch
 
     if device in (None, "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
-    m = re.fullmatch(r"(cpu|cuda|mps|xpu|meta)(?::(\d+))?", str(device))
-    if not m:
+    if not re.fullmatch(r"(cpu|cuda|mps|xpu|meta)(:\d+)?", str(device)):
         raise ModelLoadError(f"unknown device {device!r}", "use auto, cpu, cuda or cuda:N")
-    if m.group(1) == "cuda":
+    return device
+
+
+def check_device(device: str | None = "auto") -> str:
+    """resolve_device, and a CUDA device that is not there is refused now rather than by torch after the
+    model has loaded."""
+    import torch
+
+    dev = resolve_device(device)
+    if dev.startswith("cuda"):
         n = torch.cuda.device_count()
+        idx = int(dev.split(":")[1]) if ":" in dev else 0
         if n == 0:
             raise ModelLoadError(f"device {device!r}: CUDA is not available here", "use --device cpu (or auto)")
-        if m.group(2) is not None and int(m.group(2)) >= n:
+        if idx >= n:
             raise ModelLoadError(f"device {device!r}: only {n} CUDA device(s)", f"use cuda:0 … cuda:{n - 1}")
-    return device
+    return dev
 
 
 def resolve_dtype(dtype: str | None):
@@ -132,7 +140,7 @@ def load_model(path: str | Path, device: str | None = "auto", dtype: str | None 
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"{p}: could not load model ({e})") from e
     if not device_map:
-        model.to(resolve_device(device))
+        model.to(check_device(device))
     model.eval()
     from ..core import threads
 

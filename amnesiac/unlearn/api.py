@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..errors import UserError, warn
-from ..io import OUTPUT_MARKER, claim_output, content_key, hash_obj, read_json, read_marker, versions, write_json
+from ..io import OUTPUT_MARKER, claim_output, hash_obj, read_json, read_marker, versions, write_json
 from ..registry import lookup
 from . import distributed
 from . import lora as lora_mod
@@ -21,7 +21,7 @@ from . import sure as sure_mod
 from .common import Ctx, UnlearnError, check_overlap, data_key, make_split
 from .config import SURE_DEFAULT_PERCENTILE, UnlearnConfig
 from .reference import Reference
-from .trainer import UnlearnDiverged, check_identity, train
+from .trainer import UnlearnDiverged, check_resume, model_key, train
 
 
 @dataclass
@@ -68,31 +68,6 @@ def _claim_out(out: Path, inputs: list, resume: bool, overwrite: bool):
     if resume and not (out / "checkpoint").is_dir():
         resume = False  # nothing to continue from: a fresh run into OUT
     return claim_output(out, inputs, overwrite=overwrite, kind="unlearn", resume=resume, inplace=True, lock=False), resume
-
-
-def _check_resume(out: Path, config_hash: str, identity: dict) -> None:
-    """Refuse, before any model loads, to continue a checkpoint made from other options, model or data."""
-    st = out / "checkpoint" / "state.json"
-    if not st.is_file():
-        return
-    state = read_json(st)
-    if state.get("config_hash") != config_hash:
-        raise UnlearnError(f"{out / 'checkpoint'}: saved by a run with a different training config",
-                           "use the same options to resume, or start over with overwrite (--overwrite)")
-    check_identity(out / "checkpoint", state.get("identity") or {}, identity)
-
-
-def _model_key(model) -> str:
-    """What the model is (content, not path): io.content_key of a folder; of an in-memory model, its tensors."""
-    if isinstance(model, (str, os.PathLike)):
-        return content_key(model)
-    import hashlib
-
-    h = hashlib.sha256()
-    for k, v in model.state_dict().items():
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def _snapshot(model, source: Path | None) -> Callable[[], dict[str, torch.Tensor]]:
@@ -187,14 +162,18 @@ def unlearn(model, forget, retain=None, *, tokenizer=None, out: str | os.PathLik
     reg = lookup("regularizers", reg_name)(cfg)
     robust = _robust(cfg)  # a typo or a missing quantization library fails here, before any model loads
     source = Path(model) if isinstance(model, (str, os.PathLike)) else None
-    if source is not None:
-        from ..models.load import check_model_dir
+    from ..models.load import check_device, check_model_dir
 
+    if distributed.launched_world() <= 1:  # scale: under a launch, distributed.init checks the device
+        check_device(cfg.device)
+    if source is not None:
         check_model_dir(source)  # fail before touching OUT
     elif tokenizer is None:
         raise UnlearnError("pass tokenizer= with a model object (or give a model directory)")
     claim = None
-    if out is not None:
+    if out is not None and distributed.launched_world() > 1 and os.environ.get("RANK", "0") != "0":
+        resume = resume and (out / "checkpoint").is_dir()  # scale: rank 0 alone claims and writes OUT
+    elif out is not None:
         paths = [x for x in (source, forget, retain) if isinstance(x, (str, os.PathLike))]
         claim, resume = _claim_out(out, paths, resume, overwrite)
 
@@ -203,10 +182,10 @@ def unlearn(model, forget, retain=None, *, tokenizer=None, out: str | os.PathLik
     if reg.needs_retain and retain_items is None:
         raise UnlearnError(f"regulariser {reg_name!r} needs a retain set")
     check_overlap(forget_items, retain_items, allow_overlap)
-    identity = {"model": _model_key(model) if out is not None else None,  # only a checkpoint needs it
+    identity = {"model": model_key(model) if out is not None else None,  # only a checkpoint needs it
                 "forget": data_key(forget_items), "retain": data_key(retain_items)}
     if resume:
-        _check_resume(out, cfg.training_hash(), identity)
+        check_resume(out, cfg.training_hash(), identity)
     from ..models.load import load_model, load_tokenizer, model_context
 
     tok = load_tokenizer(source, trust_remote_code) if source is not None else tokenizer
@@ -223,7 +202,7 @@ def unlearn(model, forget, retain=None, *, tokenizer=None, out: str | os.PathLik
         raise UnlearnError("early stopping measures exact-match recall: it needs QA forget data")
 
     ddp, rank_device = distributed.init(cfg.device)  # scale: joins the group under torchrun / accelerate launch
-    writes = claim is not None and ddp.is_main  # scale: rank 0 alone writes OUT
+    writes = claim is not None and ddp.is_main  # scale: rank 0 alone writes OUT (other ranks have no claim)
     try:
         if writes:
             claim.lock()  # a second process on this OUT is refused now, before its model loads

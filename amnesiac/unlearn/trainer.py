@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 
 from ..errors import AmnesiacError
-from ..io import write_json
+from ..io import content_key, read_json, write_json
 from ..models.train import lr_at
 from . import distributed
 from . import sure as sure_mod
@@ -308,6 +308,31 @@ def check_identity(ckpt: Path, saved: dict, now: dict) -> None:
         if saved.get(k) and now.get(k) and saved[k] != now[k]:
             raise UnlearnError(f"{ckpt}: the checkpoint was made from another {opt} (content hash {saved[k]}, "
                                f"now {now[k]})", "resume with the same model and data, or start over with --overwrite")
+
+
+def check_resume(out: Path, config_hash: str, identity: dict) -> None:
+    """Refuse, before any model loads, to continue a checkpoint made from other options, model or data."""
+    st = out / "checkpoint" / "state.json"
+    if not st.is_file():
+        return
+    state = read_json(st)
+    if state.get("config_hash") != config_hash:
+        raise UnlearnError(f"{out / 'checkpoint'}: saved by a run with a different training config",
+                           "use the same options to resume, or start over with overwrite (--overwrite)")
+    check_identity(out / "checkpoint", state.get("identity") or {}, identity)
+
+
+def model_key(model) -> str:
+    """What the model is (content, not path): io.content_key of a folder; of an in-memory model, its tensors."""
+    if isinstance(model, (str, os.PathLike)):
+        return content_key(model)
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def _diverged_msg(step: int, vals: dict, ckpt: Path | None, what: str = "loss or gradient") -> str:
