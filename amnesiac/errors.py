@@ -16,6 +16,7 @@ the CLI prints one line and exits 1, with the traceback only under `--debug` (or
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import sys
 import traceback
@@ -60,7 +61,7 @@ def check_number(name: str, value, *, gt=None, ge=None, lt=None, le=None, intege
         if optional:
             return
         raise UserError(f"{name} is required")
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not float(value).is_integer()):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or (integer and not isinstance(value, numbers.Integral)):
         raise UserError(f"{name} must be {'an integer' if integer else 'a number'}, got {value!r}")
     if not math.isfinite(value):
         raise UserError(f"{name} must be a finite number, got {value}", _range_hint(name, gt, ge, lt, le))
@@ -126,7 +127,11 @@ def run_cli(call) -> int:
     except click.exceptions.NoArgsIsHelpError:  # `amnesiac` / `amnesiac attack` alone: typer printed the help
         return 2
     except click.exceptions.UsageError as e:  # bad/missing option, BadParameter from a callback
-        where = " ".join(["amnesiac", *e.ctx.command_path.split()[1:]]) if e.ctx is not None else "amnesiac"
+        names, c = [], e.ctx
+        while c is not None and c.parent is not None:  # the verb path, without how the program was started
+            names.append(c.info_name)
+            c = c.parent
+        where = " ".join(["amnesiac", *reversed(names)])
         return _fail(f"{one_line(e.format_message())} — see `{where} --help`", 2)
     except typer.Abort:
         return _fail("aborted", 1)

@@ -140,6 +140,10 @@ CASES = [
     ("unlearn --out = --forget file", U(out="forget.jsonl"), 2, "is the input"),
     ("unlearn --out contains --forget", U(out="."), 2, "contains the input"),
     ("unlearn --overwrite + unknown method", U("--overwrite", "--method", "nope", out="prev"), 2, "unknown unlearning method"),
+    ("unlearn --overwrite + missing --forget", U("--overwrite", forget="nothere.jsonl", out="prev"), 2, "no such file"),
+    ("unlearn --overwrite + --max-length > context", U("--overwrite", "--max-length", "4096", out="prev"), 2,
+     "exceeds the model's context"),
+    ("unlearn --overwrite + overlap", U("--overwrite", retain="overlap.jsonl", out="prev"), 2, "in both"),
     # ---- D4: numbers out of range, refused before any work ----
     ("D4 unlearn --lr inf", U("--lr", "inf"), 2, "lr must be a finite number"),
     ("unlearn --lr nan", U("--lr", "nan"), 2, "lr must be a finite number"),
@@ -280,6 +284,7 @@ def _api_cases(w, tok):
         ("api unlearn out=model (D2)", lambda: unlearn(m, f, r, out=w / "model", overwrite=True), "is the input"),
         ("api unlearn lr=inf (D4)", lambda: unlearn(m, f, r, lr=float("inf")), "lr must be a finite number"),
         ("api UnlearnConfig epochs=0", lambda: UnlearnConfig(epochs=0), "epochs"),
+        ("api UnlearnConfig batch_size=4.5", lambda: UnlearnConfig(batch_size=4.5), "batch_size must be an integer"),
         ("api unlearn overlap", lambda: unlearn(m, f, str(w / "overlap.jsonl")), "in both"),
         ("api unlearn resume other model (D6)", lambda: unlearn(str(w / "model2"), f, r, out=w / "ckpt", resume=True,
                                                                 method="npo", lr=1e-3, max_steps=3, batch_size=4),
@@ -436,3 +441,23 @@ def test_debug_shows_the_traceback_of_an_internal_error(monkeypatch):
     _one_error_line(res, "internal error: ZeroDivisionError: boom")
     res = CliRunner().invoke(cli.app, ["--debug", "ls"])
     assert res.exit_code == 1 and "Traceback" in res.stderr
+
+
+def test_unlearn_overwrite_replaces_only_after_inputs_load(w, tmp_path):
+    from typer.testing import CliRunner
+
+    from amnesiac.cli import app
+    from amnesiac.io import read_marker
+    from amnesiac.unlearn import unlearn
+
+    out = tmp_path / "run"
+    unlearn(str(w / "model"), str(w / "forget.jsonl"), out=out, method="ga", max_steps=1, progress=False)
+    before, first = _tree(out), read_marker(out)
+    base = ["unlearn", "--model", str(w / "model"), "--out", str(out), "--method", "ga", "--max-steps", "1",
+            "--no-progress", "--overwrite"]
+    res = CliRunner().invoke(app, [*base, "--forget", str(w / "nothere.jsonl")])
+    assert res.exit_code == 2 and _tree(out) == before  # the finished run survives a failed --overwrite
+    res = CliRunner().invoke(app, [*base, "--forget", str(w / "forget.jsonl"), "--lr", "1e-3"])
+    assert res.exit_code == 0, res.output
+    assert read_marker(out)["run_id"] != first["run_id"]
+    assert json.loads((out / "unlearn.json").read_text())["config"]["lr"] == 1e-3
