@@ -103,10 +103,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     if issubclass(category, AmnesiacWarning):
         print(f"warning: {one_line(message)}", file=sys.stderr)
     else:
-        _orig_show(message, category, filename, lineno, file, line)
-
-
-_orig_show = warnings.showwarning
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
 def run_cli(call) -> int:
@@ -119,8 +116,13 @@ def run_cli(call) -> int:
     except ImportError:  # pragma: no cover
         import click
 
-    old = warnings.showwarning
-    warnings.showwarning = _show_warning
+    with warnings.catch_warnings():  # restores filters and showwarning afterwards
+        warnings.simplefilter("always", AmnesiacWarning)  # every run says it, not only the first in a process
+        warnings.showwarning = _show_warning
+        return _run(call, click, typer)
+
+
+def _run(call, click, typer) -> int:
     try:
         rv = call()
         return rv if isinstance(rv, int) else 0
@@ -153,8 +155,6 @@ def run_cli(call) -> int:
             return _fail(f"internal error: {type(e).__name__}: {one_line(e)}", 1)
         return _fail(f"internal error: {type(e).__name__}: {one_line(e)} — this is a bug; rerun with --debug "
                      "(or AMNESIAC_DEBUG=1) for the traceback and report it", 1)
-    finally:
-        warnings.showwarning = old
 
 
 def _fail(msg: str, code: int) -> int:

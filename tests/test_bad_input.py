@@ -461,3 +461,13 @@ def test_unlearn_overwrite_replaces_only_after_inputs_load(w, tmp_path):
     assert res.exit_code == 0, res.output
     assert read_marker(out)["run_id"] != first["run_id"]
     assert json.loads((out / "unlearn.json").read_text())["config"]["lr"] == 1e-3
+
+
+def test_allow_overlap_trains_with_a_warning(w):
+    from amnesiac.errors import AmnesiacWarning
+    from amnesiac.unlearn import unlearn
+
+    with pytest.warns(AmnesiacWarning, match="in both the forget and the retain set"):
+        res = unlearn(str(w / "model"), str(w / "forget.jsonl"), str(w / "overlap.jsonl"), method="ga_gdr",
+                      max_steps=1, progress=False, allow_overlap=True)
+    assert res.info["steps"] == 1
