@@ -190,7 +190,7 @@ def claim_output(out: str | os.PathLike, inputs: Iterable[Any] = (), *, overwrit
         # leaving the block normally: the temp folder gets the marker and replaces OUT atomically (rename);
         # an exception: the temp folder is removed and OUT is as it was.
 
-    Entering the block takes an exclusive lock (`fcntl.flock` on a sibling `.OUT.lock`): a second process
+    Entering the block takes an exclusive lock (`fcntl.flock` on a sibling `.OUT.amnesiac.lock`): a second process
     claiming the same OUT is refused at once. `inplace=True` (unlearn: checkpoints must survive a kill for
     `resume`) makes begin() return OUT itself: a replaced amnesiac output is removed then, and OUT is left
     as it is on an exception. `resume=True` accepts an existing amnesiac output of this kind as it is.
@@ -272,7 +272,7 @@ class OutputClaim:
             return
         o = self.out.resolve()
         o.parent.mkdir(parents=True, exist_ok=True)
-        lp = o.with_name(f".{o.name}.lock")
+        lp = o.with_name(f".{o.name}.amnesiac.lock")
         while True:
             fd = os.open(lp, os.O_RDWR | os.O_CREAT, 0o644)
             try:
@@ -309,6 +309,7 @@ class OutputClaim:
 
     def begin(self) -> Path:
         """Where to write, created now (late: after every option is validated and the inputs loaded)."""
+        import glob
         import shutil
 
         if self.path is not None:
@@ -316,7 +317,7 @@ class OutputClaim:
         self.lock()
         self.check()  # the world may have changed since the first check
         o = self.out
-        for left in o.parent.glob(f".{o.name}.*.tmp"):  # temp outputs of killed runs (we hold the lock)
+        for left in o.parent.glob(f".{glob.escape(o.name)}.{'[0-9a-f]' * 12}.tmp"):  # killed runs' temp outputs
             shutil.rmtree(left) if left.is_dir() else left.unlink()
         if self.is_file:
             self.path = o.with_name(f".{o.name}.{self.run_id}.tmp")

@@ -425,6 +425,13 @@ def test_claim_failure_leaves_out_as_it_was(tmp_path):
             raise RuntimeError("crash while writing")
     assert (out / "summary.json").read_text() == "1" and read_marker(out) == first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o"]
+    # a killed run's temp output is cleaned by the next writer; a user's look-alike file is not
+    (tmp_path / ".o.0123456789ab.tmp").mkdir()
+    (tmp_path / ".o.backup.tmp").write_text("mine")
+    with claim_output(out, [], kind="eval", overwrite=True) as c:
+        (c.begin() / "summary.json").write_text("3")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".o.backup.tmp", "o"]
+    assert (out / "summary.json").read_text() == "3"
 
 
 def test_debug_shows_the_traceback_of_an_internal_error(monkeypatch):
