@@ -315,12 +315,14 @@ def test_api_bad_input(w, tok):
 
 # ---- D7: a 1 MB JSONL line is truncated to the model's context with a warning, in seconds ----
 
-def test_one_megabyte_line_is_truncated_quickly(w, tmp_path):
+@pytest.mark.parametrize("line", ["words", "one long token"])
+def test_one_megabyte_line_is_truncated_quickly(w, tmp_path, line):
     from typer.testing import CliRunner
 
     from amnesiac.cli import app
 
-    words = ("Alice Mora was born in Lisbon and works as a baker " * 20000)[: 1 << 20]
+    words = ("Alice Mora was born in Lisbon and works as a baker " * 21000 if line == "words"
+             else "Lisbon" + "q" * (1 << 20))[: 1 << 20]
     (tmp_path / "big.jsonl").write_text(json.dumps({"text": words}) + "\n" + json.dumps({"text": "short one"}) + "\n")
     t0 = time.time()
     res = CliRunner().invoke(app, ["unlearn", "--model", str(w / "model"), "--forget", str(tmp_path / "big.jsonl"),
