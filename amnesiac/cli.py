@@ -7,8 +7,26 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+
+class _Boundary(TyperGroup):
+    """The one error boundary (amnesiac.errors.run_cli): every verb, and CliRunner, goes through main()."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        import sys
+
+        from .errors import run_cli, set_debug
+
+        set_debug(False)  # --debug (the global callback) or AMNESIAC_DEBUG=1 turn it on for this call
+        code = run_cli(lambda: super(_Boundary, self).main(args, prog_name, complete_var, standalone_mode=False,
+                                                            **extra))
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, cls=_Boundary,
                   help="amnesiac: did the model really forget, or does the knowledge come back?")
 console = Console()
 
@@ -20,9 +38,14 @@ PLUGINS = ["amnesiac.unlearn.cli", "amnesiac.attacks.cli", "amnesiac.metrics.cli
 @app.callback()
 def _global(threads: Optional[int] = typer.Option(
         None, "--threads", min=1, help="torch intra-op threads (default: 1 for models under 50 M parameters, "
-        "else one per physical core; OMP_NUM_THREADS / AMNESIAC_THREADS are honoured)")):
+        "else one per physical core; OMP_NUM_THREADS / AMNESIAC_THREADS are honoured)"),
+        debug: bool = typer.Option(False, "--debug", help="show the traceback of an internal error (also AMNESIAC_DEBUG=1)")):
     """amnesiac: did the model really forget, or does the knowledge come back?"""
     from .core import threads as th
+    from .errors import set_debug
+
+    if debug:
+        set_debug(True)
 
     th.set_requested(threads)
     th.configure()
@@ -52,7 +75,10 @@ def prepare_cmd(size: str = typer.Option("xs", help="tiny model size preset: xs 
                 seed: int = typer.Option(0, help="seed for data, init and training order"),
                 force: bool = typer.Option(False, help="rebuild even when cached")):
     """Build (or reuse) the embedded bios data and the tiny base, target and retrained models."""
+    from .errors import check_choice
     from .models import tiny
+
+    check_choice("--size", size, list(tiny.SIZES))
 
     paths = tiny.prepare(size=size, seed=seed, force=force, log=console.print)
     summ = tiny.prepared_summary(paths)

@@ -15,6 +15,7 @@ import torch
 
 from ..core import encode_pairs
 from ..data.schema import QAItem, qa_answer, qa_prompt
+from ..errors import UserError, check_choice, check_number
 from ..metrics.qa import exact_match_recall
 from ..models.train import train_lm
 from ..registry import register
@@ -24,8 +25,7 @@ from .base import AttackResult, measure_cost
 def split_forget(items: list[QAItem], fraction: float = 0.5, by: str = "item", seed: int = 0):
     """(relearn part, held-out part). by="item": random facts (held-out facts may share a person with
     relearned ones); by="person": whole people held out (the harder, cross-person test)."""
-    if not 0 < fraction < 1:
-        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    check_number("fraction", fraction, gt=0, lt=1)  # both parts must be non-empty
     rng = random.Random(seed)
     if by == "person":
         people = sorted({it.person or it.question for it in items})
@@ -34,8 +34,7 @@ def split_forget(items: list[QAItem], fraction: float = 0.5, by: str = "item", s
         train_p = set(people[:k])
         tr = [it for it in items if (it.person or it.question) in train_p]
         return tr, [it for it in items if (it.person or it.question) not in train_p]
-    if by != "item":
-        raise ValueError(f"by must be 'item' or 'person', got {by!r}")
+    check_choice("by", by, ("item", "person"))
     idx = list(range(len(items)))
     rng.shuffle(idx)
     k = max(1, min(len(items) - 1, round(fraction * len(items))))
@@ -76,28 +75,47 @@ def _weight_change(a, b) -> dict:
     return {"l2": num ** 0.5, "relative_l2": (num / den) ** 0.5 if den else None}
 
 
+def check_relearn_options(fraction: float, steps: int, lr: float, batch_size: int, by: str,
+                          control: str | None) -> None:
+    """Every relearn option, before any model loads (UserError, one line)."""
+    check_number("fraction", fraction, gt=0, lt=1)
+    check_number("steps", steps, ge=1, integer=True)
+    check_number("lr", lr, gt=0)
+    check_number("batch_size", batch_size, ge=1, integer=True)
+    check_choice("by", by, ("item", "person"))
+    check_choice("control", control, ("retain", "text"), optional=True)
+
+
+def check_forget_items(forget) -> None:
+    if not forget:
+        raise UserError("relearn needs forget=<list of QAItem> (the forget set)")
+    if not all(isinstance(it, QAItem) for it in forget):
+        raise UserError("relearn needs QA items (question/answer) in the forget set, got raw text",
+                        "give a QA .jsonl or a bios:/tofu: split")
+    if len(forget) < 2:
+        raise UserError(f"relearn needs at least 2 forget items (one to train on, one held out), got {len(forget)}")
+
+
 @register("attacks", "relearn")
 def relearn_attack(model, tok, forget=None, fraction: float = 0.5, steps: int = 20, lr: float = 1e-4,
                    batch_size: int = 8, by: str = "item", control: str | None = None, retain=None,
                    texts: list[str] | None = None, seed: int = 0, evaluate: bool = True) -> AttackResult:
     """Fine-tune k steps on a fraction of the forget set (or a benign control); recall on the held-out rest."""
-    if not forget:
-        raise ValueError("relearn needs forget=<list of QAItem> (the forget set)")
+    check_relearn_options(fraction, steps, lr, batch_size, by, control)
+    check_forget_items(forget)
     train_items, held = split_forget(list(forget), fraction, by, seed)
     if control is None:
         ex, source = qa_examples(tok, train_items), "forget"
     elif control == "retain":
         if not retain:
-            raise ValueError("control='retain' needs retain=<list of QAItem>")
+            raise UserError("control='retain' needs a retain set", "pass --retain (retain=<list of QAItem>)")
         pool = list(retain)
         random.Random(seed).shuffle(pool)
         ex, source = qa_examples(tok, pool[: max(len(train_items), 1)]), "retain"
     elif control == "text":
         if not texts:
-            raise ValueError("control='text' needs texts=<list of str>")
+            raise UserError("control='text' needs unrelated texts", "pass --texts (texts=<list of str>)")
         ex, source = text_examples(tok, list(texts)), "text"
-    else:
-        raise ValueError(f"control must be None, 'retain' or 'text', got {control!r}")
     cfg = {"fraction": fraction, "steps": steps, "lr": lr, "batch_size": batch_size, "by": by, "control": control,
            "seed": seed, "n_train_examples": len(ex), "n_heldout": len(held), "train_source": source}
     rec: dict = {"attack": "relearn", "config": cfg}

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import UserError
+
 # The prompt format every tiny model is trained and evaluated with (one place, so training,
 # scoring and generation agree). Real chat models can pass their own template.
 QA_TEMPLATE = "Question: {question}\nAnswer:"
@@ -61,7 +63,7 @@ class QAItem:
         return d
 
 
-class DataError(ValueError):
+class DataError(UserError):  # amnesiac.errors: one family, exit 2 in the CLI
     """Bad input data; the message names the file, the line and the field."""
 
 

@@ -10,12 +10,18 @@ import typer
 def _load_retrained(path: str, tok_model_data, cfg):
     """A retrained model folder (its reference numbers are computed, cached by model hash) or a JSON file
     written by an earlier run (retrained_reference.json)."""
+    from ..errors import UserError
     from ..evaluate import RetrainedRef, retrained_reference
     from ..io import read_json
 
     p = Path(path)
     if p.is_file() and p.suffix == ".json":
-        d = read_json(p)
+        try:
+            d = read_json(p)
+        except ValueError as e:
+            raise UserError(f"--retrained {e}", "give a retrained model folder or its retrained_reference.json") from None
+        if not isinstance(d, dict):
+            raise UserError(f"--retrained {p}: not a retrained_reference.json (expected a JSON object)")
         return RetrainedRef(d.get("truth_ratios"), d.get("privleak_auc"), d.get("source") or str(p))
     from ..models import load_model
 
@@ -24,6 +30,20 @@ def _load_retrained(path: str, tok_model_data, cfg):
     ref = retrained_reference(model, tok, data, cfg)
     ref.source = f"{p} ({ref.source})"
     return ref
+
+
+def _check_eval_options(template, batch_size, qa_max_new_tokens, max_length, privleak_ref_auc, device, dtype):
+    """Every eval option, before any data or model loads (UserError, one line)."""
+    from ..errors import UserError, check_number
+    from ..models.load import check_device, resolve_dtype
+
+    if "{question}" not in template:
+        raise UserError(f"--template {template!r} has no {{question}} placeholder", "add {question} where the question goes")
+    check_number("--batch-size", batch_size, ge=1, integer=True)
+    check_number("--qa-max-new-tokens", qa_max_new_tokens, ge=1, integer=True, optional=True)
+    check_number("--max-length", max_length, ge=2, integer=True, optional=True)
+    check_number("--privleak-ref-auc", privleak_ref_auc, ge=0, le=1, optional=True)
+    check_device(device), resolve_dtype(dtype)
 
 
 def register(app: typer.Typer) -> None:
@@ -49,7 +69,8 @@ def register(app: typer.Typer) -> None:
                  cache: bool = typer.Option(True, help="per-example cache under $AMNESIAC_HOME/cache (resumable)"),
                  progress: bool = typer.Option(True),
                  muse_x100: bool = typer.Option(False, "--muse-x100", help="print VerbMem / KnowMem on MUSE's ×100 scale "
-                                                                           "(the JSON keeps the 0–1 values)")):
+                                                                           "(the JSON keeps the 0–1 values)"),
+                 overwrite: bool = typer.Option(False, help="replace an earlier amnesiac eval output at --out")):
         """Evaluate one model: TOFU, MUSE, MIA and memorisation metrics (docs/science.md §5)."""
         import time
 
@@ -57,15 +78,15 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
         from rich.table import Table
 
+        from ..errors import UserError
         from ..evaluate import EvalConfig, evaluate, resolve_data, save_results
-        from ..io import versions, write_json
+        from ..io import claim_output, versions, write_json
         from ..models import load_model
 
         console = Console()
         t0 = time.time()
         torch.manual_seed(seed)
-        if "{question}" not in template:
-            raise typer.BadParameter("--template must contain {question}")
+        _check_eval_options(template, batch_size, qa_max_new_tokens, max_length, privleak_ref_auc, device, dtype)
         template = template.replace("\\n", "\n")  # a shell-typed "\n" means a newline
         cfg = EvalConfig(template=template, batch_size=batch_size, qa_max_new_tokens=qa_max_new_tokens,
                          privleak_ref_auc=privleak_ref_auc,
@@ -73,20 +94,31 @@ def register(app: typer.Typer) -> None:
         try:
             ed = resolve_data(data, auto=auto, retain=retain, holdout=holdout, real_authors=real_authors,
                               world_facts=world_facts, forget_text=forget_text, holdout_text=holdout_text)
+        except UserError:
+            raise
         except (ValueError, FileNotFoundError) as e:
-            raise typer.BadParameter(str(e)) from None
-        ref_ret = _load_retrained(retrained, (device, dtype, ed), cfg) if retrained else None
-        m, tok = load_model(model, device=device, dtype=dtype)
-        refm = load_model(reference, device=device, dtype=dtype) if reference else None
-        res = evaluate(m, tok, ed, cfg, retrained=ref_ret, reference=refm)
-        meta = {"model": str(model), "data": data, "sources": ed.sources, "data_hashes": ed.hashes(),
-                "sizes": {k: len(v) for k, v in ed.parts().items()}, "seed": seed, "config": cfg.__dict__,
-                "retrained": ref_ret.to_json() if ref_ret else None, "reference": str(reference) if reference else None,
-                "model_hash": next(iter(res.values())).meta.get("model_hash") if res else None,
-                "versions": versions(), "device": str(next(m.parameters()).device), "wall_s": round(time.time() - t0, 2)}
-        if ref_ret:
-            write_json(out / "retrained_reference.json", ref_ret.to_json())
-        save_results(out, res, meta)
+            raise UserError(f"--data {data}: {e}") from None
+        from ..models.load import check_model_dir
+
+        check_model_dir(model)
+        for extra in (reference, retrained if retrained and not str(retrained).endswith(".json") else None):
+            if extra is not None:
+                check_model_dir(extra)
+        specs = [model, reference, retrained, data, retain, holdout, real_authors, world_facts, forget_text, holdout_text]
+        with claim_output(out, [x for x in specs if x is not None], overwrite=overwrite, kind="eval") as claim:
+            ref_ret = _load_retrained(retrained, (device, dtype, ed), cfg) if retrained else None
+            m, tok = load_model(model, device=device, dtype=dtype)
+            refm = load_model(reference, device=device, dtype=dtype) if reference else None
+            res = evaluate(m, tok, ed, cfg, retrained=ref_ret, reference=refm)
+            meta = {"model": str(model), "data": data, "sources": ed.sources, "data_hashes": ed.hashes(),
+                    "sizes": {k: len(v) for k, v in ed.parts().items()}, "seed": seed, "config": cfg.__dict__,
+                    "retrained": ref_ret.to_json() if ref_ret else None, "reference": str(reference) if reference else None,
+                    "model_hash": next(iter(res.values())).meta.get("model_hash") if res else None,
+                    "versions": versions(), "device": str(next(m.parameters()).device), "wall_s": round(time.time() - t0, 2)}
+            d = claim.begin()  # late: a temp sibling of --out, swapped in when the block ends
+            if ref_ret:
+                write_json(d / "retrained_reference.json", ref_ret.to_json())
+            save_results(d, res, meta)
         t = Table(title=f"amnesiac eval: {model} on {data}")
         for c in ("metric", "value", "95% CI", "goal", "n"):
             t.add_column(c, justify="right" if c != "metric" else "left")

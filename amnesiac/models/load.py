@@ -7,17 +7,40 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import UserError
 
-class ModelLoadError(RuntimeError):
+
+class ModelLoadError(UserError, RuntimeError):  # amnesiac.errors family; RuntimeError kept for old callers
     pass
 
 
 def resolve_device(device: str | None = "auto") -> str:
+    """auto → cuda if available, else cpu; a malformed name is a one-line error (ModelLoadError)."""
+    import re
+
     import torch
 
     if device in (None, "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if not re.fullmatch(r"(cpu|cuda|mps|xpu|meta)(:\d+)?", str(device)):
+        raise ModelLoadError(f"unknown device {device!r}", "use auto, cpu, cuda or cuda:N")
     return device
+
+
+def check_device(device: str | None = "auto") -> str:
+    """resolve_device, and a CUDA device that is not there is refused now rather than by torch after the
+    model has loaded."""
+    import torch
+
+    dev = resolve_device(device)
+    if dev.startswith("cuda"):
+        n = torch.cuda.device_count()
+        idx = int(dev.split(":")[1]) if ":" in dev else 0
+        if n == 0:
+            raise ModelLoadError(f"device {device!r}: CUDA is not available here", "use --device cpu (or auto)")
+        if idx >= n:
+            raise ModelLoadError(f"device {device!r}: only {n} CUDA device(s)", f"use cuda:0 … cuda:{n - 1}")
+    return dev
 
 
 def resolve_dtype(dtype: str | None):
@@ -26,7 +49,7 @@ def resolve_dtype(dtype: str | None):
     table = {None: torch.float32, "float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
              "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
     if dtype not in table:
-        raise ValueError(f"unknown dtype {dtype!r}; available: float32, bfloat16, float16")
+        raise ModelLoadError(f"unknown dtype {dtype!r}", "available: float32, bfloat16, float16")
     return table[dtype]
 
 
@@ -50,6 +73,32 @@ def check_model_dir(path: str | Path) -> Path:
                 "AutoModelForCausalLM.from_pretrained(dir).save_pretrained(out, safe_serialization=True)")
         raise ModelLoadError(f"{p}: no *.safetensors weights found")
     return p
+
+
+_CTX_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
+
+
+def model_context(model) -> int | None:
+    """The model's context length in tokens, from its config.json (read without loading weights) or its
+    config object; None when it does not say (or for a .gguf file)."""
+    import json
+
+    if isinstance(model, (str, Path)):
+        p = Path(model)
+        if not p.is_dir() or not (p / "config.json").is_file():
+            return None
+        try:
+            cfg = json.loads((p / "config.json").read_text())
+        except (OSError, ValueError) as e:
+            raise ModelLoadError(f"{p}/config.json: not valid JSON ({e})", "repair or re-save the model") from None
+    else:
+        c = getattr(model, "config", None)
+        cfg = c.to_dict() if hasattr(c, "to_dict") else {}
+    for k in _CTX_KEYS:
+        v = cfg.get(k) if isinstance(cfg, dict) else None
+        if isinstance(v, int) and v > 0:
+            return v
+    return None
 
 
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
@@ -91,7 +140,7 @@ def load_model(path: str | Path, device: str | None = "auto", dtype: str | None 
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"{p}: could not load model ({e})") from e
     if not device_map:
-        model.to(resolve_device(device))
+        model.to(check_device(device))
     model.eval()
     from ..core import threads
 

@@ -7,6 +7,14 @@ from typing import Optional
 import typer
 
 
+def _margin(v: float) -> float:  # issue 21: a margin ≥ 1 (or nan) made every verdict PASS
+    import math
+
+    if not (math.isfinite(v) and 0 <= v < 1):
+        raise typer.BadParameter(f"must be a number with 0 ≤ margin < 1, got {v}")
+    return v
+
+
 def register(app: typer.Typer) -> None:
     @app.command("audit")
     def audit_cmd(target: Path = typer.Option(..., help="model before unlearning (HF dir or .gguf)"),
@@ -18,7 +26,7 @@ def register(app: typer.Typer) -> None:
                   suite: str = typer.Option("quick", help="quick | full"),
                   attacks: Optional[str] = typer.Option(None, help="comma-separated attack list (overrides --suite)"),
                   out: Path = typer.Option(Path("audit"), help="output folder (resumes from its cache)"),
-                  seed: int = typer.Option(0), margin: float = typer.Option(0.05, help="verdict margin: smallest difference "
+                  seed: int = typer.Option(0), margin: float = typer.Option(0.05, callback=_margin, help="verdict margin: smallest difference "
                                                                          "of the verdict's metric that counts, in [0, 1)"),
                   metric: Optional[str] = typer.Option(None, help="the verdict's metric: exact_match | fact | rougeL_recall | "
                                                                   "prob | truth_ratio (default: chosen from the data)"),

@@ -12,15 +12,16 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..io import hash_obj, versions, write_json
+from ..errors import UserError, warn
+from ..io import OUTPUT_MARKER, claim_output, hash_obj, read_json, read_marker, versions, write_json
 from ..registry import lookup
 from . import distributed
 from . import lora as lora_mod
 from . import sure as sure_mod
-from .common import Ctx, UnlearnError, make_split
+from .common import Ctx, UnlearnError, check_overlap, data_key, make_split
 from .config import SURE_DEFAULT_PERCENTILE, UnlearnConfig
 from .reference import Reference
-from .trainer import train
+from .trainer import UnlearnDiverged, check_resume, model_key, train
 
 
 @dataclass
@@ -46,22 +47,27 @@ def _load_data(spec, name: str):
     return data
 
 
-_PARTIAL = {"log.jsonl", "checkpoint.tmp", "checkpoint.old", ".final"}  # what a run killed before its first checkpoint leaves
+_PARTIAL = {"log.jsonl", "checkpoint.tmp", "checkpoint.old", ".final", OUTPUT_MARKER}  # a run killed before its first checkpoint
 
 
-def _prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
-    if out.exists() and any(out.iterdir()):
-        if resume and (out / "checkpoint").exists():
-            return
-        if resume and {f.name for f in out.iterdir()} <= _PARTIAL:
-            overwrite = True  # killed before any checkpoint: start over
-        if resume and (out / "unlearn.json").exists():
-            raise UnlearnError(f"{out}: this run already finished (unlearn.json exists); nothing to resume")
-        if not overwrite:
-            hint = " (it holds a checkpoint: pass resume)" if (out / "checkpoint").exists() else ""
-            raise UnlearnError(f"{out} already exists and is not empty{hint}; pass overwrite to replace it")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+def _claim_out(out: Path, inputs: list, resume: bool, overwrite: bool):
+    """The OutputClaim for OUT (io.claim_output, in place: checkpoints must survive a kill), after the checks
+    that only unlearn knows (resume of a finished or failed run, a checkpoint without resume). No side effects."""
+    if out.is_dir() and any(out.iterdir()) and read_marker(out) is not None:
+        names = {f.name for f in out.iterdir()}
+        done = read_json(out / "unlearn.json") if (out / "unlearn.json").is_file() else None
+        if resume and done is not None:
+            what = (f"this run failed ({done.get('error', 'see unlearn.json')})" if done.get("status") == "failed"
+                    else "this run already finished (unlearn.json exists)")
+            raise UnlearnError(f"{out}: {what}; nothing to resume", "start over with --overwrite (overwrite=True)")
+        if resume and "checkpoint" not in names and names <= _PARTIAL:
+            resume, overwrite = False, True  # killed before any checkpoint: start over
+        if not resume and not overwrite and "checkpoint" in names:
+            raise UnlearnError(f"{out} already exists and holds a checkpoint",
+                               "pass resume (--resume) to continue it, or overwrite (--overwrite) to start over")
+    if resume and not (out / "checkpoint").is_dir():
+        resume = False  # nothing to continue from: a fresh run into OUT
+    return claim_output(out, inputs, overwrite=overwrite, kind="unlearn", resume=resume, inplace=True, lock=False), resume
 
 
 def _snapshot(model, source: Path | None) -> Callable[[], dict[str, torch.Tensor]]:
@@ -122,7 +128,7 @@ def _peak_memory(device: torch.device) -> dict:
 def unlearn(model, forget, retain=None, *, tokenizer=None, out: str | os.PathLike | None = None,
             config: UnlearnConfig | None = None, resume: bool = False, overwrite: bool = False,
             callbacks: Sequence[Callable[[dict], None]] = (), trust_remote_code: bool = False,
-            **options) -> UnlearnResult:
+            allow_overlap: bool = False, **options) -> UnlearnResult:
     """Unlearn `forget` from `model`, keeping `retain` (docs/science.md §1–2).
 
     model: a model directory (safetensors + tokenizer) or a transformers model (trained in place; pass
@@ -130,21 +136,22 @@ def unlearn(model, forget, retain=None, *, tokenizer=None, out: str | os.PathLik
     QAItem (loss on answer tokens) or of str (raw text, loss on every token). options: UnlearnConfig fields
     (method="npo_klr", lr=1e-5, epochs=5, sure_percentile=90, lora_rank=8, ...). With `out`, the model is saved
     there as a plain HF model dir plus unlearn.json and log.jsonl; checkpoint_every + resume continue a killed run.
-    callbacks get each step's log record (after any checkpoint of that step)."""
-    cfg = config if config is not None else UnlearnConfig.from_kwargs(**options)
+    callbacks get each step's log record (after any checkpoint of that step).
+
+    Everything is checked before any model loads (amnesiac.errors.UserError subclasses, one-line messages):
+    options (UnlearnConfig), OUT (io.claim_output: never an input, never a folder amnesiac did not write;
+    `overwrite` replaces an earlier run only once the inputs have loaded), data (items in both forget and retain
+    are refused unless allow_overlap), sequence length (cut to max_length, else to the model's context, with a
+    warning), and on resume the checkpoint's options, model and data (content hashes). A non-finite loss,
+    gradient or weight raises UnlearnDiverged (status "failed" in OUT/unlearn.json, last checkpoint kept)."""
     if config is not None and options:
         raise UnlearnError("pass either config or keyword options, not both")
+    cfg = config if config is not None else UnlearnConfig.from_kwargs(**options)  # validates every option
     method_name, reg_name, use_sure = cfg.resolved()
     if use_sure and cfg.sure_percentile is None:  # "_sure" in the name: default percentile (copy, never mutate)
         cfg = dataclasses.replace(cfg, sure_percentile=SURE_DEFAULT_PERCENTILE)
     if use_sure and cfg.lora_rank:
         raise UnlearnError("SURE and LoRA do not combine (SURE masks rows of the full weights); pick one")
-    if cfg.schedule not in ("constant", "linear", "cosine"):
-        raise UnlearnError(f"unknown schedule {cfg.schedule!r}; available: constant, linear, cosine")
-    if cfg.precision not in ("float32", "bfloat16", "bf16-mixed"):
-        raise UnlearnError(f"unknown precision {cfg.precision!r}; available: float32, bfloat16, bf16-mixed")
-    if cfg.grad_accum < 1 or cfg.batch_size < 1:
-        raise UnlearnError("batch_size and grad_accum must be ≥ 1")
     _check_optimizer(cfg.optimizer)  # scale
     out = Path(out) if out is not None else None
     if resume and out is None:
@@ -153,33 +160,81 @@ def unlearn(model, forget, retain=None, *, tokenizer=None, out: str | os.PathLik
         raise UnlearnError("checkpoint_every needs an output directory")
     method = lookup("unlearn_methods", method_name)(cfg)
     reg = lookup("regularizers", reg_name)(cfg)
+    robust = _robust(cfg)  # a typo or a missing quantization library fails here, before any model loads
+    source = Path(model) if isinstance(model, (str, os.PathLike)) else None
+    from ..models.load import check_device, check_model_dir
+
+    if distributed.launched_world() <= 1:  # scale: under a launch, distributed.init checks the device
+        check_device(cfg.device)
+    if source is not None:
+        check_model_dir(source)  # fail before touching OUT
+    elif tokenizer is None:
+        raise UnlearnError("pass tokenizer= with a model object (or give a model directory)")
+    claim = None
+    if out is not None and distributed.launched_world() > 1 and os.environ.get("RANK", "0") != "0":
+        resume = resume and (out / "checkpoint").is_dir()  # scale: rank 0 alone claims and writes OUT
+    elif out is not None:
+        paths = [x for x in (source, forget, retain) if isinstance(x, (str, os.PathLike))]
+        claim, resume = _claim_out(out, paths, resume, overwrite)
 
     forget_items = _load_data(forget, "forget")
     retain_items = _load_data(retain, "retain")
     if reg.needs_retain and retain_items is None:
         raise UnlearnError(f"regulariser {reg_name!r} needs a retain set")
-    if isinstance(model, (str, os.PathLike)):
-        from ..models.load import check_model_dir
+    check_overlap(forget_items, retain_items, allow_overlap)
+    identity = {"model": model_key(model) if out is not None else None,  # only a checkpoint needs it
+                "forget": data_key(forget_items), "retain": data_key(retain_items)}
+    if resume:
+        check_resume(out, cfg.training_hash(), identity)
+    from ..models.load import load_model, load_tokenizer, model_context
 
-        check_model_dir(model)  # fail before touching OUT
-    elif tokenizer is None:
-        raise UnlearnError("pass tokenizer= with a model object (or give a model directory)")
+    tok = load_tokenizer(source, trust_remote_code) if source is not None else tokenizer
+    n_ctx = model_context(source if source is not None else model)
+    if cfg.max_length and n_ctx and cfg.max_length > n_ctx:
+        raise UnlearnError(f"max_length {cfg.max_length} exceeds the model's context of {n_ctx} tokens",
+                           f"use max_length ≤ {n_ctx}")
+    limit = cfg.max_length or n_ctx
+    data = {"forget": make_split("forget", forget_items, tok, limit)}
+    if retain_items is not None:
+        data["retain"] = make_split("retain", retain_items, tok, limit)
+    notes = _truncation_notes(data, limit, cfg.max_length)
+    if cfg.early_stop_recall is not None and not data["forget"].is_qa:
+        raise UnlearnError("early stopping measures exact-match recall: it needs QA forget data")
+
     ddp, rank_device = distributed.init(cfg.device)  # scale: joins the group under torchrun / accelerate launch
-    if out is not None and ddp.is_main:  # scale: rank 0 alone writes OUT
-        _prepare_out(out, resume, overwrite)
-    ddp.barrier()  # scale
+    writes = claim is not None and ddp.is_main  # scale: rank 0 alone writes OUT (other ranks have no claim)
+    try:
+        if writes:
+            claim.lock()  # a second process on this OUT is refused now, before its model loads
+        return _run(model, source, tok, data, cfg, method, reg, robust, method_name, reg_name, use_sure, ddp,
+                    rank_device, out, claim if writes else None, resume, callbacks, trust_remote_code, identity,
+                    notes, forget, retain, forget_items, retain_items, load_model)
+    finally:
+        if writes:
+            claim.unlock()
 
+
+def _truncation_notes(data: dict, limit: int | None, asked: int | None) -> list[str]:
+    notes = []
+    for name, sp in data.items():
+        if sp.n_truncated:
+            why = "max_length" if asked else "the model's context (max_position_embeddings)"
+            notes.append(f"{sp.n_truncated} of {len(sp)} {name} items were longer than {limit} tokens ({why}) and "
+                         "were truncated (prompt cut from the left first)")
+            warn(notes[-1])
+    return notes
+
+
+def _run(model, source, tok, data, cfg, method, reg, robust, method_name, reg_name, use_sure, ddp, rank_device,
+         out, claim, resume, callbacks, trust_remote_code, identity, notes, forget, retain, forget_items,
+         retain_items, load_model) -> UnlearnResult:
+    """Load, set up and train; OUT is prepared (claim.begin) only once all of that has worked."""
     t_start = time.time()
-    from ..models.load import load_model
-
     dev = torch.device(rank_device)  # scale: resolve_device(cfg.device), or cuda:LOCAL_RANK per process
-    source = None
-    if isinstance(model, (str, os.PathLike)):
-        source = Path(model)
-        model, tok = load_model(source, device=str(dev), dtype="bfloat16" if cfg.precision == "bfloat16" else "float32",
-                                trust_remote_code=trust_remote_code)
+    if source is not None:
+        model, _ = load_model(source, device=str(dev), dtype="bfloat16" if cfg.precision == "bfloat16" else "float32",
+                              trust_remote_code=trust_remote_code)
     else:
-        tok = tokenizer
         model.to(dev)
         if cfg.precision == "bfloat16":
             model.to(torch.bfloat16)
@@ -188,12 +243,6 @@ def unlearn(model, forget, retain=None, *, tokenizer=None, out: str | os.PathLik
     snapshot = _snapshot(model, source)
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-
-    data = {"forget": make_split("forget", forget_items, tok, cfg.max_length)}
-    if retain_items is not None:
-        data["retain"] = make_split("retain", retain_items, tok, cfg.max_length)
-    if cfg.early_stop_recall is not None and not data["forget"].is_qa:
-        raise UnlearnError("early stopping measures exact-match recall: it needs QA forget data")
     model.eval()
     ctx = Ctx(model=model, tok=tok, cfg=cfg, data=data, device=dev)
     method.setup(ctx)
@@ -231,12 +280,26 @@ def unlearn(model, forget, retain=None, *, tokenizer=None, out: str | os.PathLik
         items = items[: cfg.monitor_size]
         monitor = lambda: float(exact_match_recall(ctx.model, tok, items).value)  # noqa: E731
 
-    robust = _robust(cfg, ctx.model)
     if robust is not None:
+        robust.bind(ctx.model)
         monitor = robust.wrap_monitor(monitor)  # early stop on the *quantized* model's forget recall (§2b)
 
-    res = train(ctx, method, reg, params, out=out, sure_masks=masks, resume=resume, monitor=monitor,
-                callbacks=callbacks, config_hash=cfg.training_hash(), robust=robust)
+    if claim is not None:
+        claim.begin()  # late: an --overwrite'n earlier run is replaced only now that everything above worked
+    ddp.barrier()  # scale
+    record = {"method": method_name, "regularizer": reg_name, "sure": use_sure, "config": cfg.to_json(),
+              "seed": cfg.seed, "model": str(source) if source else type(model).__name__,
+              "model_key": identity["model"],
+              "data": {"forget": forget if isinstance(forget, str) else f"<{len(forget_items)} items>",
+                       "retain": retain if isinstance(retain, (str, type(None))) else f"<{len(retain_items)} items>",
+                       "forget_key": identity["forget"], "retain_key": identity["retain"]}}
+    try:
+        res = train(ctx, method, reg, params, out=out, sure_masks=masks, resume=resume, monitor=monitor,
+                    callbacks=callbacks, config_hash=cfg.training_hash(), robust=robust, identity=identity)
+    except UnlearnDiverged as e:
+        if out is not None and ddp.is_main:  # the run record says so; the last good checkpoint stays
+            write_json(out / "unlearn.json", {"status": "failed", "error": str(e), **record, "versions": versions()})
+        raise
 
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_disable()
@@ -245,14 +308,16 @@ def unlearn(model, forget, retain=None, *, tokenizer=None, out: str | os.PathLik
         p.requires_grad_(False)
     model = lora_mod.merge(model) if cfg.lora_rank else model
     model.eval()
+    drift = weight_drift(model, snapshot())
+    if drift["fraction_changed"] == 0 and res["steps"] > (res["resumed_from"] or 0):
+        notes.append(f"the weights never changed in {res['steps']} steps (all gradients zero, or a learning rate "
+                     "too small to move them): this model is the input model")
+        warn(notes[-1])
     info = {
-        "status": "stopped_early" if res["stopped_early"] else "complete",
-        "method": method_name, "regularizer": reg_name, "sure": use_sure,
-        "hparams": {**method.hparams(), "alpha": cfg.alpha, **({"rmu_layer": ctx.state["rmu_layer"]} if "rmu_layer" in ctx.state else {})}, "config": cfg.to_json(), "seed": cfg.seed,
-        "model": str(source) if source else type(model).__name__,
-        "data": {"forget": forget if isinstance(forget, str) else f"<{len(forget_items)} items>",
-                 "retain": retain if isinstance(retain, (str, type(None))) else f"<{len(retain_items)} items>",
-                 "n_forget": len(data["forget"]), "n_retain": len(data.get("retain", [])),
+        "status": "stopped_early" if res["stopped_early"] else "complete", **record,
+        "hparams": {**method.hparams(), "alpha": cfg.alpha, **({"rmu_layer": ctx.state["rmu_layer"]} if "rmu_layer" in ctx.state else {})},
+        "data": {**record["data"], "n_forget": len(data["forget"]), "n_retain": len(data.get("retain", [])),
+                 "n_truncated": {k: v.n_truncated for k, v in data.items()},
                  "forget_hash": hash_obj(data["forget"].seqs),
                  "retain_hash": hash_obj(data["retain"].seqs) if "retain" in data else None,
                  "kind": "qa" if data["forget"].is_qa else "text"},
@@ -262,7 +327,7 @@ def unlearn(model, forget, retain=None, *, tokenizer=None, out: str | os.PathLik
         "early_stop": {"threshold": res["early_stop_threshold"], "monitor_start": res["monitor_start"],
                        "monitor": res["monitor"]} if cfg.early_stop_recall is not None else None,
         "resumed_from_step": res["resumed_from"], "sure_mask": sure_stats,
-        "drift": weight_drift(model, snapshot()),
+        "drift": drift, "weights_unchanged": drift["fraction_changed"] == 0, "warnings": notes,
         "robust": robust.describe() if robust is not None else None,
         "train_wall_s": res["train_wall_s"], "wall_s": time.time() - t_start, "memory": _peak_memory(dev),
         "versions": versions(), "losses": res["log"],
@@ -286,21 +351,21 @@ def _check_optimizer(name: str) -> None:  # scale
         raise UnlearnError("optimizer 'adamw8bit' needs bitsandbytes (pip install 'amnesiac[bnb]')")
 
 
-def _robust(cfg: UnlearnConfig, model):
-    """The quantization-aware views (robust.py) asked for by robust_to / robust_noise / a `_robust` name."""
+def _robust(cfg: UnlearnConfig):
+    """The quantization-aware views (robust.py) asked for by robust_to / robust_noise / a `_robust` name; built
+    before the model loads (bound to it later), so a missing library fails first."""
     from .config import wants_robust
     from .robust import Robust
 
     try:
         robust = Robust.build(cfg.robust_to, cfg.robust_noise, cfg.seed)
+    except UserError:
+        raise
     except ValueError as e:
         raise UnlearnError(str(e)) from None
-    if robust is None:
-        if wants_robust(cfg.method):
-            raise UnlearnError(f"method {cfg.method!r} is quantization-aware: name the deployment format(s) with "
-                               "robust_to (e.g. robust_to='q4_1' or 'rtn4_g64,rtn8') and/or robust_noise > 0")
-        return None
-    robust.bind(model)
+    if robust is None and wants_robust(cfg.method):
+        raise UnlearnError(f"method {cfg.method!r} is quantization-aware: name the deployment format(s) with "
+                           "robust_to (e.g. robust_to='q4_1' or 'rtn4_g64,rtn8') and/or robust_noise > 0")
     return robust
 
 

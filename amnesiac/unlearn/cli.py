@@ -1,6 +1,7 @@
 """`amnesiac unlearn`: the command-line face of amnesiac.unlearn.unlearn (options mirror UnlearnConfig)."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Optional
 
@@ -8,7 +9,9 @@ import typer
 
 from .config import UnlearnConfig
 
-_D = UnlearnConfig()
+# the defaults, read without constructing a config (that validates and loads the method registry)
+_D = type("_Defaults", (), {f.name: f.default for f in dataclasses.fields(UnlearnConfig)
+                            if f.default is not dataclasses.MISSING})
 
 
 def register(app: typer.Typer) -> None:
@@ -54,7 +57,8 @@ def register(app: typer.Typer) -> None:
         checkpoint_every: Optional[int] = typer.Option(None, help="checkpoint every N steps (OUT/checkpoint)"),
         keep_checkpoint: bool = typer.Option(False, help="keep OUT/checkpoint after finishing"),
         resume: bool = typer.Option(False, help="continue from OUT/checkpoint (same options)"),
-        overwrite: bool = typer.Option(False, help="replace an existing OUT"),
+        overwrite: bool = typer.Option(False, help="replace an earlier amnesiac unlearn run in OUT (only once the model and data have loaded)"),
+        allow_overlap: bool = typer.Option(False, help="train even when items are in both --forget and --retain"),
         early_stop_recall: Optional[float] = typer.Option(None, help="stop once forget exact-match recall ≤ this"),
         early_stop_relative: bool = typer.Option(False, help="--early-stop-recall is a fraction of the start recall"),
         early_stop_every: int = typer.Option(_D.early_stop_every, help="evaluate the monitor every k steps"),
@@ -74,19 +78,14 @@ def register(app: typer.Typer) -> None:
         """
         from rich.console import Console
 
-        from ..data.schema import DataError
-        from ..models.load import ModelLoadError
-        from . import UnlearnDiverged, UnlearnError, unlearn
+        from . import unlearn
 
         opts = {k: v for k, v in locals().items() if k in UnlearnConfig.__dataclass_fields__}
         opts["max_grad_norm"] = max_grad_norm or None
         console = Console(stderr=True)
-        try:
-            res = unlearn(str(model), forget, retain, out=out, resume=resume, overwrite=overwrite,
-                          trust_remote_code=trust_remote_code, **opts)
-        except (UnlearnError, DataError, ModelLoadError, UnlearnDiverged, KeyError) as e:
-            console.print(f"[red]error:[/red] {e.args[0] if e.args else e}")
-            raise typer.Exit(2)
+        # errors: amnesiac.cli's boundary prints them (one line, exit 2 for bad input, 1 for a diverged run)
+        res = unlearn(str(model), forget, retain, out=out, resume=resume, overwrite=overwrite,
+                      trust_remote_code=trust_remote_code, allow_overlap=allow_overlap, **opts)
         from .distributed import current
 
         if not current().is_main:  # scale: under a multi-process launch rank 0 reports

@@ -14,9 +14,10 @@ import torch
 
 from ..core.logprobs import Encoded, collate, encode_pairs, pad_id_of, scored_log_softmax, token_logprobs
 from ..data.schema import QAItem, item_prompt, qa_answer
+from ..errors import UserError
 
 
-class UnlearnError(ValueError):
+class UnlearnError(UserError):
     """Bad unlearning input (data, names, options); the message says what to change."""
 
 
@@ -30,6 +31,7 @@ class Split:
     items: list  # QAItem | str
     seqs: list[tuple[list[int], int]]
     pad_id: int
+    n_truncated: int = 0  # sequences cut to max_length (or the model's context) when encoded
 
     def __len__(self) -> int:
         return len(self.seqs)
@@ -59,7 +61,52 @@ def make_split(name: str, items: list, tok, max_length: int | None = None,
         prompts, conts = [""] * len(items), [t + (tok.eos_token or "") for t in items]
     else:
         raise UnlearnError(f"{name} set mixes {sorted(k.__name__ for k in kinds)}; give QA items or raw strings, not both")
-    return Split(name, list(items), encode_pairs(tok, prompts, conts, max_length=max_length), pad_id_of(tok))
+    seqs, n_cut = truncate(encode_pairs(tok, prompts, conts), max_length)
+    return Split(name, list(items), seqs, pad_id_of(tok), n_cut)
+
+
+def truncate(seqs: list[tuple[list[int], int]], max_length: int | None) -> tuple[list[tuple[list[int], int]], int]:
+    """Sequences cut to max_length as core.encode_pairs does (prompt trimmed from the left first), and how many
+    were cut: counted here so that the caller can say so."""
+    if max_length is None:
+        return seqs, 0
+    out, n = [], 0
+    for ids, start in seqs:
+        if len(ids) > max_length:
+            n += 1
+            cut = len(ids) - max_length
+            ids, start = (ids[-max_length:], 0) if cut >= start else (ids[cut:], start - cut)
+        out.append((ids, start))
+    return out, n
+
+
+def item_key(it) -> str:
+    return f"{it.question}\x1f{it.answer}" if isinstance(it, QAItem) else str(it)
+
+
+def data_key(items) -> str | None:
+    """Content hash of a data set (what it holds, not where it came from): recorded in checkpoints for resume."""
+    from ..io import hash_obj
+
+    return None if items is None else hash_obj([item_key(it) for it in items])
+
+
+def check_overlap(forget: list, retain: list | None, allow: bool) -> int:
+    """Items in both forget and retain pull the model two ways; refused unless allow (then a warning)."""
+    if not retain:
+        return 0
+    fk = {item_key(it) for it in forget}
+    both = [it for it in retain if item_key(it) in fk]
+    if not both:
+        return 0
+    ex = both[0].question if isinstance(both[0], QAItem) else both[0][:60]
+    msg = f"{len(both)} item(s) are in both the forget and the retain set (e.g. {ex!r})"
+    if not allow:
+        raise UnlearnError(msg, "remove them from one of the sets, or pass --allow-overlap (allow_overlap=True)")
+    from ..errors import warn
+
+    warn(msg + "; training on them anyway (allow_overlap)")
+    return len(both)
 
 
 # ----- forward helpers (everything goes through core.logprobs.token_logprobs / scored_log_softmax) -----

@@ -67,6 +67,58 @@ class UnlearnConfig:
     # fields that do not change the trained weights (may differ on resume)
     _NON_TRAINING = ("checkpoint_every", "keep_checkpoint", "log_every", "progress", "reference", "ref_max_gb")
 
+    def __post_init__(self) -> None:
+        """Every option checked before any work (issue 21): a bad value raises UnlearnError naming it."""
+        from ..errors import UserError, check_choice, check_number as num
+
+        try:
+            num("lr", self.lr, gt=0)
+            num("alpha", self.alpha, ge=0)
+            num("beta", self.beta, gt=0, optional=True)
+            num("gamma", self.gamma)
+            num("rmu_layer", self.rmu_layer, ge=0, integer=True, optional=True)
+            num("rmu_c", self.rmu_c, gt=0)
+            num("rmu_alpha", self.rmu_alpha, ge=0)
+            check_choice("schedule", self.schedule, ("constant", "linear", "cosine"))
+            num("warmup_steps", self.warmup_steps, ge=0, integer=True)
+            num("weight_decay", self.weight_decay, ge=0)
+            if len(tuple(self.adam_betas)) != 2:
+                raise UserError(f"adam_betas must be two numbers, got {self.adam_betas!r}")
+            for b in self.adam_betas:
+                num("adam_betas", b, ge=0, lt=1)
+            num("adam_eps", self.adam_eps, gt=0)
+            num("max_grad_norm", self.max_grad_norm, ge=0, optional=True)
+            num("batch_size", self.batch_size, ge=1, integer=True)
+            num("retain_batch_size", self.retain_batch_size, ge=1, integer=True, optional=True)
+            num("grad_accum", self.grad_accum, ge=1, integer=True)
+            num("epochs", self.epochs, gt=0)
+            num("max_steps", self.max_steps, ge=1, integer=True, optional=True)
+            check_choice("precision", self.precision, ("float32", "bfloat16", "bf16-mixed"))
+            num("max_length", self.max_length, ge=2, integer=True, optional=True)
+            check_choice("reference", self.reference, ("auto", "precompute", "copy"))
+            num("ref_max_gb", self.ref_max_gb, ge=0)
+            num("sure_percentile", self.sure_percentile, gt=0, lt=100, optional=True)
+            check_choice("sure_scope", self.sure_scope, ("matrix", "global"))
+            num("robust_noise", self.robust_noise, ge=0, le=1)
+            num("lora_rank", self.lora_rank, ge=1, integer=True, optional=True)
+            num("lora_alpha", self.lora_alpha, gt=0, optional=True)
+            num("lora_dropout", self.lora_dropout, ge=0, lt=1)
+            num("checkpoint_every", self.checkpoint_every, ge=1, integer=True, optional=True)
+            num("early_stop_recall", self.early_stop_recall, ge=0, le=1, optional=True)
+            num("early_stop_every", self.early_stop_every, ge=1, integer=True)
+            num("monitor_size", self.monitor_size, ge=1, integer=True)
+            num("log_every", self.log_every, ge=1, integer=True)
+            check_choice("optimizer", self.optimizer, ("adamw", "adamw8bit"))
+            if self.robust_to is not None:
+                from ..attacks.quant.spec import parse_names
+
+                parse_names(self.robust_to)  # a typo fails here, before any model loads or OUT is touched
+        except UserError as e:
+            raise UnlearnError(str(e)) from None
+        except ValueError as e:  # parse_names
+            raise UnlearnError(f"robust_to: {e}") from None
+        parse_method(self.method, self.regularizer, self.sure_percentile)
+
     def resolved(self) -> tuple[str, str, bool]:
         return parse_method(self.method, self.regularizer, self.sure_percentile)
 

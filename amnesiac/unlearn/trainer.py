@@ -20,15 +20,16 @@ from typing import Callable
 
 import torch
 
-from ..io import write_json
+from ..errors import AmnesiacError
+from ..io import content_key, read_json, write_json
 from ..models.train import lr_at
 from . import distributed
 from . import sure as sure_mod
-from .common import Ctx, Method, Regularizer
+from .common import Ctx, Method, Regularizer, UnlearnError
 
 
-class UnlearnDiverged(FloatingPointError):
-    """A non-finite loss or gradient; the last good checkpoint (if any) is left in place."""
+class UnlearnDiverged(AmnesiacError, FloatingPointError):
+    """A non-finite loss, gradient or weight; the last good checkpoint (if any) is left in place (exit 1)."""
 
 
 class Sampler:
@@ -165,10 +166,12 @@ def _optimizer_class(name: str):  # scale: the `optimizer` choice (8-bit states:
 def train(ctx: Ctx, method: Method, reg: Regularizer, params: dict[str, torch.nn.Parameter],
           out: Path | None = None, sure_masks: dict | None = None, resume: bool = False,
           monitor: Callable[[], float] | None = None, callbacks=(), config_hash: str = "",
-          robust=None) -> dict:
+          robust=None, identity: dict | None = None) -> dict:
     """Run the unlearning loop on ctx.model; returns {log, steps, stopped_early, monitor, resumed_from}.
 
-    robust: an unlearn.robust.Robust (or None): every loss is computed on its quantized views (§2b)."""
+    robust: an unlearn.robust.Robust (or None): every loss is computed on its quantized views (§2b).
+    identity: content hashes of the model and data ({"model", "forget", "retain"}), saved in checkpoints; a
+    resume from a checkpoint of another model or data is refused."""
     from tqdm.auto import tqdm
 
     cfg = ctx.cfg
@@ -186,13 +189,16 @@ def train(ctx: Ctx, method: Method, reg: Regularizer, params: dict[str, torch.nn
     log_path = out / "log.jsonl" if out is not None and ddp.is_main else None  # scale: rank 0 writes
 
     torch.manual_seed(cfg.seed)
-    state = {"step": 0, "log": [], "elapsed": 0.0, "monitor": [], "config_hash": config_hash}
+    state = {"step": 0, "log": [], "elapsed": 0.0, "monitor": [], "config_hash": config_hash,
+             "identity": identity or {}}
     resumed_from = None
     if resume and ckpt is not None and ckpt.exists():
         state = load_checkpoint(ckpt, params, opt)
         if state.get("config_hash") != config_hash:
-            raise ValueError(f"{ckpt}: saved by a run with a different training config; use the same options "
-                             "to resume, or start over with overwrite")
+            raise UnlearnError(f"{ckpt}: saved by a run with a different training config",
+                               "use the same options to resume, or start over with overwrite (--overwrite)")
+        check_identity(ckpt, state.get("identity") or {}, identity or {})
+        state["identity"] = identity or state.get("identity") or {}
         resumed_from = state["step"]
     if log_path is not None:  # the JSONL log always matches the state we continue from
         log_path.write_text("".join(json.dumps(r) + "\n" for r in state["log"]))
@@ -250,6 +256,8 @@ def train(ctx: Ctx, method: Method, reg: Regularizer, params: dict[str, torch.nn
         if sure_masks is not None:
             sure_mod.masked_weight_decay(params, sure_masks, lr, wd_map)
         opt.step()
+        if not _weights_finite(plist):  # lr inf / huge: the loss of the *next* step would be the first to see it
+            raise UnlearnDiverged(_diverged_msg(step, {}, ckpt, "weights"))
 
         rec = {"step": step + 1, "lr": lr, "grad_norm": _sig(float(gn)),
                **{k: _sig(v) for k, v in parts.items() if k == "loss" or k in terms},
@@ -287,9 +295,49 @@ def _sig(x: float) -> float:
     return float(f"{x:.7g}")
 
 
-def _diverged_msg(step: int, vals: dict, ckpt: Path | None) -> str:
+def _weights_finite(plist) -> bool:
+    """One device sync for all trained tensors (a per-tensor .item() would sync once each)."""
+    with torch.no_grad():
+        return bool(torch.stack([torch.isfinite(p).all() for p in plist]).all()) if plist else True
+
+
+def check_identity(ckpt: Path, saved: dict, now: dict) -> None:
+    """A checkpoint continues only the model and data it was made from (content hashes, not paths)."""
+    what = {"model": "--model", "forget": "--forget data", "retain": "--retain data"}
+    for k, opt in what.items():
+        if saved.get(k) and now.get(k) and saved[k] != now[k]:
+            raise UnlearnError(f"{ckpt}: the checkpoint was made from another {opt} (content hash {saved[k]}, "
+                               f"now {now[k]})", "resume with the same model and data, or start over with --overwrite")
+
+
+def check_resume(out: Path, config_hash: str, identity: dict) -> None:
+    """Refuse, before any model loads, to continue a checkpoint made from other options, model or data."""
+    st = out / "checkpoint" / "state.json"
+    if not st.is_file():
+        return
+    state = read_json(st)
+    if state.get("config_hash") != config_hash:
+        raise UnlearnError(f"{out / 'checkpoint'}: saved by a run with a different training config",
+                           "use the same options to resume, or start over with overwrite (--overwrite)")
+    check_identity(out / "checkpoint", state.get("identity") or {}, identity)
+
+
+def model_key(model) -> str:
+    """What the model is (content, not path): io.content_key of a folder; of an in-memory model, its tensors."""
+    if isinstance(model, (str, os.PathLike)):
+        return content_key(model)
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _diverged_msg(step: int, vals: dict, ckpt: Path | None, what: str = "loss or gradient") -> str:
     where = (f"the last good checkpoint is kept at {ckpt}" if ckpt is not None and ckpt.exists()
              else "no checkpoint was written yet (use checkpoint_every)")
-    nums = ", ".join(f"{k}={v:.4g}" for k, v in vals.items())
-    return (f"non-finite loss or gradient at step {step + 1} ({nums}); {where}. "
-            "Lower the learning rate, use float32, or add a regulariser.")
+    nums = f" ({', '.join(f'{k}={v:.4g}' for k, v in vals.items())})" if vals else ""
+    return (f"non-finite {what} at step {step + 1}{nums}; {where} — "
+            "lower the learning rate, use float32, or add a regulariser")

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import importlib.util
 
+from ...errors import UserError
+
 INSTALL = {  # extra name in pyproject → (import name, pip hint)
     "quanto": ("optimum.quanto", "pip install 'amnesiac[quanto]'  (optimum-quanto; keep your torch: add -c with torch==<yours>)"),
     "hqq": ("hqq", "pip install 'amnesiac[hqq]'  (hqq)"),
@@ -23,7 +25,7 @@ INSTALL = {  # extra name in pyproject → (import name, pip hint)
 BACKENDS = ["rtn", *INSTALL]
 
 
-class BackendMissing(ImportError):
+class BackendMissing(UserError, ImportError):  # amnesiac.errors family (exit 2 in the CLI)
     pass
 
 
