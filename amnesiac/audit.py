@@ -24,6 +24,7 @@ import numpy as np
 
 from .attacks.quant.spec import is_quantizer
 from .data.schema import QAItem, item_prompt, qa_answer
+from .errors import UserError
 from .io import content_key, hash_obj, read_json, versions, write_json, write_jsonl
 from .metrics.recovery import ALPHA, MARGIN, check_margin
 
@@ -56,19 +57,19 @@ class AuditConfig:
     def __post_init__(self):
         check_margin(self.margin)
         if self.suite not in SUITES:
-            raise ValueError(f"unknown suite {self.suite!r}; available: {', '.join(SUITES)}")
+            raise UserError(f"unknown suite {self.suite!r}; available: {', '.join(SUITES)}")
         if not 0 < self.alpha < 1:
-            raise ValueError(f"alpha must lie in (0, 1), got {self.alpha}")
+            raise UserError(f"alpha must lie in (0, 1), got {self.alpha}")
         for name in ("n_boot", "max_retain", "batch_size", "relearn_steps"):
             if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+                raise UserError(f"{name} must be ≥ 1, got {getattr(self, name)}")
         if not (self.relearn_lr > 0 and np.isfinite(self.relearn_lr)):
-            raise ValueError(f"relearn_lr must be a positive finite number, got {self.relearn_lr}")
+            raise UserError(f"relearn_lr must be a positive finite number, got {self.relearn_lr}")
         if self.metric is not None:
             from .measure import METRICS
 
             if self.metric not in METRICS:
-                raise ValueError(f"unknown metric {self.metric!r}; available: {', '.join(METRICS)}")
+                raise UserError(f"unknown metric {self.metric!r}; available: {', '.join(METRICS)}")
         self.attack_list()
 
     def attack_list(self) -> list[str]:
@@ -77,10 +78,10 @@ class AuditConfig:
         if unknown:
             from .attacks.quant.spec import NAMED
 
-            raise ValueError(f"unknown attack(s) {unknown}; available: fp, relearn, {', '.join(sorted(NAMED))}, "
+            raise UserError(f"unknown attack(s) {unknown}; available: fp, relearn, {', '.join(sorted(NAMED))}, "
                              f"{', '.join(sorted(PROMPT_ATTACKS))}, GGUF kinds and RTN specs (amnesiac ls attacks)")
         if not names:
-            raise ValueError("no attacks given")
+            raise UserError("no attacks given")
         return list(dict.fromkeys(names))
 
 
@@ -210,7 +211,7 @@ class Audit:
 
         cfg = self.config
         if not self.forget:
-            raise ValueError("the forget set is empty: nothing to audit")
+            raise UserError("the forget set is empty: nothing to audit", "give a --forget set with at least one item")
         scoring = scoring_for(self.forget, cfg.metric)
         t0 = time.time()
         torch.manual_seed(cfg.seed)

@@ -23,6 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from .data.schema import QA_TEMPLATE, QAItem, is_completion, item_prompt, qa_answer
+from .errors import UserError
 
 METRICS = ("exact_match", "fact", "rougeL_recall", "prob", "truth_ratio")
 SHORT_ANSWER_WORDS = 4  # median gold answer at most this many words → exact match is a fair test
@@ -47,15 +48,15 @@ def _words(s: str) -> int:
 def scoring_for(items: Sequence[QAItem], metric: str | None = None) -> Scoring:
     """The metric that decides "is this item known" for these items (`metric` overrides, with a check)."""
     if not items:
-        raise ValueError("no items to score: the forget set is empty")
+        raise UserError("no items to score: the forget set is empty")
     completion = all(is_completion(it) for it in items)
     has_tr = all(it.paraphrased_answer and it.perturbed_answers for it in items)
     med = float(np.median([_words(it.answer) for it in items]))
     if metric is not None:
         if metric not in METRICS:
-            raise ValueError(f"unknown metric {metric!r}; available: {', '.join(METRICS)}")
+            raise UserError(f"unknown metric {metric!r}; available: {', '.join(METRICS)}")
         if metric == "truth_ratio" and not has_tr:
-            raise ValueError("metric 'truth_ratio' needs paraphrased_answer and perturbed_answer on every item; "
+            raise UserError("metric 'truth_ratio' needs paraphrased_answer and perturbed_answer on every item; "
                              "available for this data: exact_match, fact, rougeL_recall, prob")
         return Scoring(metric, f"chosen by the user (--metric {metric}); median gold answer {med:g} words")
     if completion:

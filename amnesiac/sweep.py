@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .attacks.quant.spec import BIT_WIDTHS as BITS  # bit width -> deployment name; 16 = full precision
+from .errors import UserError
 from .io import content_key, hash_obj, read_json, versions, write_json
 from .runs import cached_measure, cached_unlearn, items_key
 
-from .attacks.quant.spec import BIT_WIDTHS as BITS  # bit width -> deployment name; 16 = full precision
 
 
 @dataclass
@@ -34,9 +35,9 @@ class SweepConfig:
     def check(self) -> None:
         bad = [b for b in self.bits if b not in BITS]
         if bad:
-            raise ValueError(f"unsupported bit widths {bad}; available: {sorted(BITS)} (16 = full precision)")
+            raise UserError(f"unsupported bit widths {bad}; available: {sorted(BITS)} (16 = full precision)")
         if not self.lrs or any(lr <= 0 for lr in self.lrs):
-            raise ValueError("learning rates must be positive and at least one must be given")
+            raise UserError("learning rates must be positive and at least one must be given")
         if self.robust_to:
             from .attacks.quant.spec import parse_names
 

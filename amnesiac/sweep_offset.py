@@ -31,10 +31,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .attacks.quant.spec import BIT_WIDTHS as BITS  # bit width -> deployment name; 4 = the release grid
+from .errors import UserError
 from .io import content_key, hash_obj, read_json, versions, write_json
 from .runs import cached_measure, cached_unlearn
 
-from .attacks.quant.spec import BIT_WIDTHS as BITS  # bit width -> deployment name; 4 = the release grid
 RELEASE_GRID = BITS[4]
 
 
@@ -53,11 +54,11 @@ class OffsetSweepConfig:
     def check(self) -> None:
         bad = [b for b in self.bits if b not in BITS]
         if bad:
-            raise ValueError(f"unsupported bit widths {bad}; available: {sorted(BITS)} (16 = full precision)")
+            raise UserError(f"unsupported bit widths {bad}; available: {sorted(BITS)} (16 = full precision)")
         if not self.offsets or any(not 0 <= o < 0.5 for o in self.offsets):
-            raise ValueError(f"grid offsets must lie in [0, 0.5) steps (0.5 is a rounding tie); got {self.offsets}")
+            raise UserError(f"grid offsets must lie in [0, 0.5) steps (0.5 is a rounding tie); got {self.offsets}")
         if self.lr <= 0:
-            raise ValueError(f"the learning rate must be positive, got {self.lr}")
+            raise UserError(f"the learning rate must be positive, got {self.lr}")
         if self.robust_to:
             from .attacks.quant.spec import parse_names
 

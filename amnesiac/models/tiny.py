@@ -42,7 +42,9 @@ RECIPES = {
 def default_config(size: str = "xs", seed: int = 0, n_people: int | None = None, n_pretrain_people: int = 1000,
                    forget: str = "forget10") -> dict:
     if size not in SIZES:
-        raise ValueError(f"unknown size {size!r}; available: {', '.join(SIZES)}")
+        from ..errors import UserError
+
+        raise UserError(f"unknown size {size!r}; available: {', '.join(SIZES)}")
     n_people = PEOPLE[size] if n_people is None else n_people
     return {"size": size, "arch": SIZES[size], "recipe": RECIPES[size], "seed": seed,
             "bios": {"n_people": n_people, "n_pretrain_people": n_pretrain_people, "seed": seed},

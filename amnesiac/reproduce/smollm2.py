@@ -30,13 +30,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UserError
 from ..io import amnesiac_home, content_key, hash_obj, read_json, versions, write_json
 from ..metrics.recovery import MARGIN
 from .smollm2_measure import PRECISIONS, RELEASE, cached_measure, collapse_vs, measure  # noqa: F401 (measure: re-export)
 
 SCENARIO = "smollm2-q4_1-release"
-class ReproduceError(RuntimeError):
-    pass
+class ReproduceError(UserError):
+    """A reproduce run refused before work (missing model, bad options): exit 2 with one line."""
 
 
 @dataclass

@@ -22,6 +22,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..errors import UserError
 from ..io import content_key, hash_obj, read_json, versions, write_json
 from ..scenarios import PRECISIONS, SCENARIOS, scenario_models
 
@@ -60,14 +61,14 @@ class TofuConfig:
     def check(self) -> None:
         bad = [p for p in self.precisions if p not in PRECISIONS]
         if bad:
-            raise ValueError(f"unknown precision(s) {bad}; available: {', '.join(PRECISIONS)}")
+            raise UserError(f"unknown precision(s) {bad}; available: {', '.join(PRECISIONS)}")
         bad = [s for s in self.scenarios if s not in SCENARIOS]
         if bad:
-            raise ValueError(f"unknown scenario(s) {bad}; available: trained, released-quantized")
+            raise UserError(f"unknown scenario(s) {bad}; available: trained, released-quantized")
         if self.forget not in ("forget01", "forget05", "forget10"):
-            raise ValueError(f"unknown forget split {self.forget!r}; available: forget01, forget05, forget10")
+            raise UserError(f"unknown forget split {self.forget!r}; available: forget01, forget05, forget10")
         if not self.methods:
-            raise ValueError("no unlearning method given")
+            raise UserError("no unlearning method given")
 
     def model_part(self) -> dict:
         """What the tokenizer/base/target/retrained depend on (their cache key; budget excluded)."""
