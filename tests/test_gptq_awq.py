@@ -364,3 +364,35 @@ def test_gptq_cuda_matches_cpu():
     a, _ = gptq_weight(W, H, 4, 128, act_order=True)
     b, _ = gptq_weight(W.cuda(), H.cuda(), 4, 128, act_order=True)
     assert (a.codes == b.codes.cpu()).float().mean() > 0.999
+
+
+def test_cli_quantize_gptq_awq(tok, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from amnesiac.attacks.quant.calib import calib_texts_from_items
+    from amnesiac.cli import app
+    from amnesiac.data import load_dataset
+    from amnesiac.models import load_model, save_model
+
+    src = save_model(make_tiny(tok, seed=8), tok, tmp_path / "m")
+    data = tmp_path / "calib.jsonl"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in _texts(20)))
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text(json.dumps({"question": "Where was Ann born?", "answer": "Oslo"}) + "\n")
+    assert calib_texts_from_items(load_dataset(str(qa))) == ["Question: Where was Ann born?\nAnswer: Oslo"]
+    runner = CliRunner()
+    r = runner.invoke(app, ["attack", "quantize", "--model", str(src), "--backend", "gptq", "--group", "16", "--act-order",
+                            "--calib", str(data), "--calib-n", "8", "--out", str(tmp_path / "g"), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    rec = json.loads((tmp_path / "g" / "attack.json").read_text())
+    assert rec["config"]["name"] == "gptq4_sym_g16_actorder" and rec["calib_sequences"] == 8
+    assert rec["config"]["calib"]["data"] == str(data)
+    load_model(tmp_path / "g", device="cpu")
+    r = runner.invoke(app, ["attack", "quantize", "--model", str(src), "--backend", "awq", "--bits", "3", "--group", "16",
+                            "--calib", str(data), "--calib-n", "4", "--out", str(tmp_path / "a"), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "a" / "attack.json").read_text())["config"]["name"] == "awq3_asym_g16"
+    r = runner.invoke(app, ["attack", "quantize", "--model", str(src), "--backend", "gptq", "--out", str(tmp_path / "x")])
+    assert r.exit_code != 0 and "needs calibration texts" in r.output
