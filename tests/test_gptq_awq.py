@@ -396,3 +396,26 @@ def test_cli_quantize_gptq_awq(tok, tmp_path):
     assert json.loads((tmp_path / "a" / "attack.json").read_text())["config"]["name"] == "awq3_asym_g16"
     r = runner.invoke(app, ["attack", "quantize", "--model", str(src), "--backend", "gptq", "--out", str(tmp_path / "x")])
     assert r.exit_code != 0 and "needs calibration texts" in r.output
+
+
+def test_collapse_from_gptq_codes(tok):
+    """The collapse diagnostic on GPTQ codes: identical models collapse fully; a model moved by far less
+    than a step mostly keeps its codes, one moved by several steps mostly does not."""
+    from amnesiac.attacks.collapse import collapse_from_codes
+
+    target = make_tiny(tok, seed=9)
+    texts = _texts()
+    _, it = deploy(target, tok, "gptq4_g16", texts, n_calib=12)
+    same = collapse_from_codes(target, target, it["codes"], it["codes"], "gptq4_g16")
+    assert same["overall"]["collapse_rate"] == 1.0 and same["overall"]["n_weights"] == it["n_weights"]
+    rates = []
+    for eps in (1e-5, 0.05):
+        moved = make_tiny(tok, seed=9)
+        with torch.no_grad():
+            g = torch.Generator().manual_seed(1)
+            for n, p in moved.named_parameters():
+                if ".layers." in n and p.dim() == 2:
+                    p.add_(eps * torch.randn(p.shape, generator=g))
+        _, iu = deploy(moved, tok, "gptq4_g16", texts, n_calib=12)
+        rates.append(collapse_from_codes(target, moved, it["codes"], iu["codes"])["overall"]["collapse_rate"])
+    assert rates[0] > 0.95 > 0.5 > rates[1], rates

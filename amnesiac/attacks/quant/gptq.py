@@ -101,6 +101,7 @@ def gptq_weight(W: torch.Tensor, H: torch.Tensor, bits: int = 4, group: int | No
     else:
         raise RuntimeError(f"GPTQ: the Hessian stayed singular up to damp={lam / 10:g}; give more calibration tokens")
     Hinv = U
+    col_group = [p // g for p in perm.tolist()]  # group of the original column visited at step j (a list: no GPU sync per step)
     codes = torch.zeros(R, C, dtype=dt, device=W.device)
     loss = torch.zeros((), dtype=torch.float64, device=W.device)
     for i1 in range(0, C, block):
@@ -111,8 +112,7 @@ def gptq_weight(W: torch.Tensor, H: torch.Tensor, bits: int = 4, group: int | No
             j = i1 + i
             if g < C and not static and j % g == 0:  # group start: grid from the current weights
                 scales[:, j // g], zeros[:, j // g] = gptq_grid(W[:, j:j + g], bits, sym)
-            k = int(perm[j]) // g
-            s, z = scales[:, k], zeros[:, k]
+            s, z = scales[:, col_group[j]], zeros[:, col_group[j]]
             w = W1[:, i]
             q = _codes(w, s, z, maxq)
             codes[:, j] = q
