@@ -4,11 +4,12 @@ Per Linear layer with weight W (R, C) and calibration inputs X (C, N tokens), GP
 output error ‖WX − ŴX‖² (Eq. 1) one input column at a time: quantize column j, then spread its error
 over the not-yet-quantized columns through the inverse Hessian H⁻¹ of that quadratic, H = 2XXᵀ (OBS,
 Eqs. 2–3):  δ = (w_j − q(w_j)) / [H⁻¹]_jj;  W[:, j+1:] −= δ ⊗ [H⁻¹]_{j, j+1:}.
-The paper's three steps: (i) a fixed column order for all rows (optionally act_order: columns by
-diag(H) descending, §"Additional details"), (ii) lazy batch updates — the error of a block of B = 128
-columns is applied to the later columns once per block (Eq. 4: W[:, i2:] −= E · H⁻¹[i1:i2, i2:]),
-(iii) the rows of H⁻¹ needed at step j, with the earlier columns eliminated, are the rows of the
-upper Cholesky factor of H⁻¹ (Eq. 5 and the text after it), so H⁻¹ is never updated explicitly.
+The paper's three steps: (i) one fixed column order for all rows (optionally act_order: columns by
+diag(H) descending, the authors' code's `--act-order` heuristic), (ii) lazy batch updates — the error
+of a block of B = 128 columns reaches the later columns once per block (Eq. 4: W[:, i2:] −= E · H⁻¹[i1:i2, i2:]),
+(iii) the rows of H⁻¹ needed at step j, with the earlier columns eliminated (Eq. 3), are the rows of
+the upper Cholesky factor of H⁻¹ up to a scale (§4, "Step 3: Cholesky Reformulation"), so H⁻¹ is never
+updated explicitly.
 
 Conventions (those of the authors' reference code, so codes can be compared with gptqmodel):
 - H is the running mean over calibration *sequences* of 2·X_sXᵀ_s (the scale of H does not change the
@@ -87,7 +88,7 @@ def gptq_weight(W: torch.Tensor, H: torch.Tensor, bits: int = 4, group: int | No
     if act_order:
         W, H = W[:, perm], H[perm][:, perm]
     # H⁻¹ via Cholesky, then its upper Cholesky factor: row j of it is [H⁻¹]_{j, j:} with columns < j
-    # eliminated, scaled by 1/sqrt of the pivot, which cancels in δ ⊗ row / pivot (Eq. 5).
+    # eliminated (Eq. 3), scaled by 1/sqrt of the pivot, which cancels in δ ⊗ row / pivot (§4 Step 3).
     mean_diag = H.diagonal().mean()
     lam = damp
     for _ in range(4):  # a singular H (too few tokens) is retried with 10× the damping
@@ -117,7 +118,7 @@ def gptq_weight(W: torch.Tensor, H: torch.Tensor, bits: int = 4, group: int | No
             q = _codes(w, s, z, maxq)
             codes[:, j] = q
             d = Hinv1[i, i]
-            err = (w - s * (q - z)) / d  # δ of OBS, Eq. (3)
+            err = (w - s * (q - z)) / d  # the OBS update of Eq. (2), up to the row of H⁻¹ it multiplies
             loss += (err.double() ** 2).sum() / 2
             W1[:, i:] -= err[:, None] * Hinv1[i, i:][None, :]
             E[:, i] = err
