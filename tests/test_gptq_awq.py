@@ -322,6 +322,8 @@ def test_errors(tok):
         deploy(model, tok, "gptq4_g128")
     with pytest.raises(ValueError, match=r"unknown quantizer 'gptq4_g128_noclip'.*available: .*gptq4_g128"):
         deploy(model, tok, "gptq4_g128_noclip", ["a"])
+    with pytest.raises(ValueError, match=r"unknown gptq option\(s\) \['dmp'\]; available: damp"):
+        deploy(model, tok, "gptq4_g128", ["a text"], options={"dmp": 0.1})
     with pytest.raises(ValueError, match="use amnesiac.attacks.quant.deploy.deploy"):
         quantizer_from_name("awq4_g128")
     from transformers import GPT2Config, GPT2LMHeadModel

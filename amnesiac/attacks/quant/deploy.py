@@ -19,6 +19,7 @@ import time
 from .spec import CALIBRATED, quantizer_config
 
 CALIB_N, CALIB_MAX_LEN = 128, 512
+OPTIONS = {"gptq": ("damp", "block", "static_groups", "true_sequential"), "awq": ("n_grid", "duo")}
 _OBJECTS = ("codes", "quantizer")
 
 
@@ -52,6 +53,9 @@ def deploy(model, tok, name: str, calib_texts: list[str] | None = None, *, n_cal
 
         batches = calib_batches(tok, list(calib_texts), n_calib, max_len, seed, model_device(model))
         opts = dict(options or {})
+        allowed = OPTIONS[backend]
+        if set(opts) - set(allowed):
+            raise ValueError(f"unknown {backend} option(s) {sorted(set(opts) - set(allowed))}; available: {', '.join(allowed)}")
         if backend == "gptq":
             from .gptq import gptq_model
 
