@@ -421,3 +421,28 @@ def test_collapse_from_gptq_codes(tok):
         _, iu = deploy(moved, tok, "gptq4_g16", texts, n_calib=12)
         rates.append(collapse_from_codes(target, moved, it["codes"], iu["codes"])["overall"]["collapse_rate"])
     assert rates[0] > 0.95 > 0.5 > rates[1], rates
+
+
+def test_calib_batches_seeded_and_truncated(tok):
+    texts = [f"text number {i} " + "word " * (i % 7) * 30 for i in range(50)]
+    a = calib_batches(tok, texts, n=10, max_len=16, seed=1)
+    b = calib_batches(tok, texts, n=10, max_len=16, seed=1)
+    c = calib_batches(tok, texts, n=10, max_len=16, seed=2)
+    assert len(a) == 10 and all(x.shape[0] == 1 and x.shape[1] <= 16 for x in a)
+    assert any(x.shape[1] == 16 for x in a)  # long texts are cut at max_len
+    assert all(torch.equal(x, y) for x, y in zip(a, b)) and not all(
+        x.shape == y.shape and torch.equal(x, y) for x, y in zip(a, c))
+    assert len(calib_batches(tok, texts[:3], n=10)) == 3  # fewer texts than n: all of them
+    with pytest.raises(ValueError, match="no calibration texts"):
+        calib_batches(tok, [], n=4)
+
+
+def test_calibrated_names_have_no_per_weight_quantizer(tok):
+    from amnesiac.attacks.quant.backends import get_quantizer
+
+    with pytest.raises(ValueError, match="calibrated quantizer.*deploy"):
+        get_quantizer("gptq", bits=4, group=128)
+    with pytest.raises(ValueError, match="gptq4_g128 is calibrated.*deploy\\(model, tok, 'gptq4_g128', calib_texts\\)"):
+        quantizer_from_name("gptq4_g128")
+    with pytest.raises(ValueError, match="needs the model's tokenizer"):
+        deploy(make_tiny(tok), None, "awq4_g128", ["a text"])
