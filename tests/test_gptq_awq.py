@@ -446,3 +446,22 @@ def test_calibrated_names_have_no_per_weight_quantizer(tok):
         quantizer_from_name("gptq4_g128")
     with pytest.raises(ValueError, match="needs the model's tokenizer"):
         deploy(make_tiny(tok), None, "awq4_g128", ["a text"])
+
+
+def test_gptq_model_beats_rtn_on_logits(tok):
+    """Whole model, same grid (4-bit asym g16): GPTQ's logits are closer to full precision than RTN's on
+    held-out text (measured ratio 0.70 here; 0.78–0.90 over 4 seeds of a similar model)."""
+    from amnesiac.attacks.quant import quantize_model
+
+    torch.manual_seed(2)
+    model = make_tiny(tok, seed=2)
+    texts = _texts(60, seed=1)
+    held = [tok(t, return_tensors="pt")["input_ids"] for t in _texts(10, seed=5)]
+
+    def err(qm):
+        with torch.no_grad():
+            return sum(float((qm(x).logits - model(x).logits).pow(2).mean()) for x in held)
+
+    e_gptq = err(deploy(model, tok, "gptq4_asym_g16", texts, n_calib=32)[0])
+    e_rtn = err(quantize_model(model, RTN(4, 16, "asym"))[0])
+    assert e_gptq < 0.95 * e_rtn, e_gptq / e_rtn
