@@ -465,3 +465,10 @@ def test_gptq_model_beats_rtn_on_logits(tok):
     e_gptq = err(deploy(model, tok, "gptq4_asym_g16", texts, n_calib=32)[0])
     e_rtn = err(quantize_model(model, RTN(4, 16, "asym"))[0])
     assert e_gptq < 0.95 * e_rtn, e_gptq / e_rtn
+
+
+def test_robust_refuses_calibrated_names():
+    from amnesiac.unlearn.robust import Robust
+
+    with pytest.raises(ValueError, match="--robust-to gptq4_g128: calibrated quantizers .* not supported"):
+        Robust.build(["gptq4_g128", "rtn8"])
