@@ -146,6 +146,26 @@ class Hessian:
         self.H += x.T @ x
 
 
+def collect_hessians(layer, inputs, mods: dict[str, torch.nn.Module]) -> dict[str, Hessian]:
+    """H of each module's input over the calibration inputs of `layer`. Modules fed the very same tensor
+    (q/k/v, gate/up) share one Hessian, computed once."""
+    hess: dict[str, Hessian] = {}
+    alias: dict[str, str] = {}
+    last: list = [None, None]  # (input tensor, name) of the previous hook call
+
+    def make(n):
+        def fn(x):
+            if last[0] is x:  # the same tensor as the previous module's input
+                alias[n] = last[1]
+                return
+            last[0], last[1] = x, n
+            hess.setdefault(n, Hessian(x.shape[-1], x.device)).add(x)
+        return fn
+
+    run_until(layer, inputs, {mod: make(n) for n, mod in mods.items()})
+    return {n: hess[alias.get(n, n)] for n in mods}
+
+
 @torch.no_grad()
 def gptq_model(model, batches: list[torch.Tensor], bits: int = 4, group: int | None = 128, sym: bool = True,
                act_order: bool = False, static_groups: bool = False, damp: float = 0.01, block: int = 128,
@@ -172,22 +192,9 @@ def gptq_model(model, batches: list[torch.Tensor], bits: int = 4, group: int | N
             if not names:
                 continue
             mods = {n: layer.get_submodule(n) for n in names}
-            hess: dict[str, Hessian] = {}
-            alias: dict[str, str] = {}
-            last: list = [None, None]  # (input tensor, name) of the previous hook call: q/k/v share one input
-
-            def make(n):
-                def fn(x):
-                    if last[0] is x:  # the same tensor as the previous module's input: one Hessian for both
-                        alias[n] = last[1]
-                        return
-                    last[0], last[1] = x, n
-                    hess.setdefault(n, Hessian(x.shape[-1], x.device)).add(x)
-                return fn
-
-            run_until(layer, inputs, {mods[n]: make(n) for n in names})
+            hess = collect_hessians(layer, inputs, mods)
             for n in names:
-                h = hess[alias.get(n, n)]
+                h = hess[n]
                 qt, inf = gptq_weight(mods[n].weight, h.H, bits, group, sym, act_order, static_groups, damp, block)
                 w = mods[n].weight
                 w.copy_(qt.dequantize().to(w.dtype))
