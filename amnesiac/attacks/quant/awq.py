@@ -18,6 +18,11 @@ Where the scales go (the multiply by diag(s)⁻¹ must be folded into an earlier
   up_proj          → down_proj (up rows /= s)             (down's input is act(gate)·up: linear in up)
 Like AutoAWQ, all four searches of a block see the full-precision block, and the next block's inputs are
 this block's full-precision outputs (not true-sequential).
+
+What the copy holds: Linear weights Q(W·diag(s)) (dequantized; the codes are those of W·diag(s)), and the
+RMSNorm weights / v and up rows divided by s in full precision — so unlike RTN or GPTQ, weights of the copy
+are not comparable one to one with the original's (the function is: it is the deployed AWQ model).
+Defaults follow the paper where AutoAWQ differs: s = s_X^α (AutoAWQ's default is duo scaling: duo=True).
 """
 from __future__ import annotations
 
