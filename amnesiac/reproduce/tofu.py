@@ -115,7 +115,7 @@ KEEP = ("forget/rougeL_recall", "retain/rougeL_recall", "forget/prob", "retain/p
 def eval_model(model_dir: Path, precision: str, data, cfg: TofuConfig, ref_truth_ratios: list[float] | None,
                cache: Path) -> dict:
     """TOFU metrics of one model at one precision (cached as JSON; the scorer caches per item too)."""
-    from ..attacks.quant.apply import deploy
+    from ..attacks.quant.deploy import deploy
     from ..evaluate import EvalConfig, RetrainedRef, evaluate
 
     key = hash_obj({"m": content_key(model_dir), "p": PRECISIONS[precision],
@@ -126,7 +126,7 @@ def eval_model(model_dir: Path, precision: str, data, cfg: TofuConfig, ref_truth
     from ..models import load_model
 
     model, tok = load_model(model_dir, device="cpu")
-    model = deploy(model, PRECISIONS[precision])
+    model = deploy(model, tok, PRECISIONS[precision])[0]
     ref = RetrainedRef(truth_ratios=ref_truth_ratios, source="retrained model, same precision") if ref_truth_ratios else None
     t0 = time.time()
     res = evaluate(model, tok, data, EvalConfig(batch_size=128, qa_max_new_tokens=cfg.max_new_tokens, n_bootstrap=200,
