@@ -30,8 +30,8 @@ from .metrics.recovery import ALPHA, MARGIN, check_margin
 
 SUITES = {
     "quick": ["fp", "rtn8", "rtn4_g64", "paraphrase"],
-    "full": ["fp", "rtn8", "rtn4_g64", "rtn4_g128_asym", "rtn3_g64", "rtn2_g64", "hqq4", "quanto4", "quanto8",
-             "torchao4", "bnb_nf4", "paraphrase", "icl_forget", "icl_same_person", "step_by_step", "cloze", "relearn"],
+    "full": ["fp", "rtn8", "rtn4_g64", "rtn4_g128_asym", "rtn3_g64", "rtn2_g64", "gptq4_g128", "gptq8_g128",
+             "awq4_g128", "hqq4", "quanto4", "quanto8", "torchao4", "bnb_nf4", "paraphrase", "icl_forget", "icl_same_person", "step_by_step", "cloze", "relearn"],
 }
 PROMPT_ATTACKS = {"paraphrase", "icl_forget", "icl_same_person", "step_by_step", "cloze"}
 
@@ -112,11 +112,12 @@ def knowledge_at(model, tok, forget: list[QAItem], retain: list[QAItem], deploym
                  scoring=None, batch_size: int = 64) -> dict[str, list]:
     """measure() of `model` deployed as `deployment` (a quantizer name or "fp"): per-item scores of the forget
     and retain sets (flat keys forget_<metric> / retain_<metric>, forget_outputs)."""
-    from .attacks.quant.apply import deploy
+    from .attacks.quant.calib import calib_texts_from_items
+    from .attacks.quant.deploy import deploy
     from .measure import measure, scoring_for
 
     scoring = scoring or scoring_for(forget)
-    r = measure(deploy(model, deployment), tok, {"forget": forget, "retain": retain}, scoring, batch_size=batch_size)
+    r = measure(deploy(model, tok, deployment, calib_texts_from_items(retain))[0], tok, {"forget": forget, "retain": retain}, scoring, batch_size=batch_size)
     return flatten(r)
 
 
@@ -313,13 +314,16 @@ class Audit:
         return floor
 
     def _one(self, model, tok, attack: str, retain, scoring) -> dict:
-        from .attacks.quant.apply import deploy
+        from .attacks.quant.calib import calib_texts_from_items
+        from .attacks.quant.deploy import deploy
         from .measure import measure
 
         cfg = self.config
         sets = {"forget": self.forget, "retain": retain}
         if attack == "fp" or is_quantizer(attack):
-            return flatten(measure(deploy(model, attack), tok, sets, scoring, batch_size=cfg.batch_size))
+            # calibrated quantizers (GPTQ, AWQ) calibrate on the retain set: what a releaser would have at hand
+            m = deploy(model, tok, attack, calib_texts_from_items(self.retain), seed=cfg.seed)[0]
+            return flatten(measure(m, tok, sets, scoring, batch_size=cfg.batch_size))
         if attack in PROMPT_ATTACKS:
             from .attacks.prompts import STOPS
 

@@ -158,3 +158,15 @@ def test_tofu_format_verdict_measures_instead_of_passing(tofu_models, tmp_path):
     s2 = Audit(str(d / "target"), str(d / "target"), forget, retain, tmp_path / "b", retrained=str(d / "retrained"),
                config=AuditConfig(attacks=["fp", "rtn8"], n_boot=2000, metric="exact_match")).run()
     assert s2["verdict"]["verdict"] in ("INCONCLUSIVE", "FAIL") and s2["verdict"]["verdict"] != "PASS"
+
+
+def test_audit_runs_the_papers_calibrated_quantizers(audit_models, qa_people, tmp_path):
+    """GPTQ and AWQ are audit attacks like any other name, calibrated on the retain set."""
+    cfg = AuditConfig(attacks=["fp", "gptq4_g128", "awq4_g128"], n_boot=300, max_retain=20)
+    s = Audit(str(audit_models / "target"), str(audit_models / "unlearned"), qa_people["forget"], qa_people["retain"],
+              tmp_path / "a", retrained=str(audit_models / "retrained"), config=cfg).run()
+    rows = {r["attack"]: r for r in s["recovery"]}
+    assert set(rows) == {"fp", "gptq4_g128", "awq4_g128"} and not s["skipped_attacks"]
+    for a in ("gptq4_g128", "awq4_g128"):
+        assert 0.0 <= rows[a]["value"] <= 1.0 and "excess" in rows[a]
+    assert "gptq4_g128" in AuditConfig(suite="full").attack_list()

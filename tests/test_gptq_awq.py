@@ -318,7 +318,7 @@ def test_deploy_deterministic(tok):
 
 def test_errors(tok):
     model = make_tiny(tok)
-    with pytest.raises(ValueError, match="gptq4_g128 needs calibration texts: pass calib_texts / --calib DATA"):
+    with pytest.raises(ValueError, match="gptq4_g128 needs calibration texts — pass calib_texts / --calib DATA"):
         deploy(model, tok, "gptq4_g128")
     with pytest.raises(ValueError, match=r"unknown quantizer 'gptq4_g128_noclip'.*available: .*gptq4_g128"):
         deploy(model, tok, "gptq4_g128_noclip", ["a"])
