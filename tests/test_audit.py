@@ -3,7 +3,6 @@ The verdict rule itself is tested on hand-made numbers in test_verdict.py."""
 import copy
 import json
 
-import numpy as np
 import pytest
 
 from amnesiac.audit import Audit, AuditConfig
@@ -18,8 +17,6 @@ def test_unknown_attack_lists_available():
 def audit_models(tmp_path_factory, trained_tiny, tok, qa_people):
     """target = trained tiny model; unlearned = its copy after a few GA steps; retrained = a copy whose
     forget answers were disturbed harder (stands in for a never-trained model)."""
-    import torch
-
     from amnesiac.models import save_model
     from amnesiac.unlearn import unlearn
 
@@ -61,7 +58,9 @@ def test_audit_summary_schema_and_resume(audit_models, qa_people, tmp_path):
     assert len(cached) == 12 and (out / "cache" / "collapse.json").exists()
     s2 = Audit(str(audit_models / "target"), str(audit_models / "unlearned"), qa_people["forget"], qa_people["retain"],
                out, retrained=str(audit_models / "retrained"), config=cfg).run()
-    drop = lambda s: json.dumps({k: v for k, v in s.items() if k not in ("wall_s", "costs", "mia")}, sort_keys=True)
+    def drop(s):
+        return json.dumps({k: v for k, v in s.items() if k not in ("wall_s", "costs", "mia")}, sort_keys=True)
+
     assert drop(s1) == drop(s2)
     paths = write_audit_report(s1, out)
     html = paths["html"].read_text()

@@ -77,7 +77,7 @@ def mean_abs(xs: list[torch.Tensor]) -> torch.Tensor:
 
 def weight_mean(linears, group: int | None) -> torch.Tensor:
     """s_W (duo scaling): |w| / max|w| of its group, averaged over all rows of the linears, (C,)."""
-    w = torch.cat([l.weight.detach().float() for l in linears], 0)
+    w = torch.cat([lin.weight.detach().float() for lin in linears], 0)
     wg = group_view(w.abs(), group)
     wg = wg / wg.amax(-1, keepdim=True).clamp(min=1e-12)
     return wg.reshape(w.shape[0], -1)[:, : w.shape[1]].mean(0)
@@ -98,21 +98,21 @@ def search_scale(forward: Callable[[], list[torch.Tensor]], linears: list[torch.
     the error of every α). The linears' weights are restored."""
     ref = forward()
     n = sum(r.numel() for r in ref)
-    orig = [l.weight.detach().clone() for l in linears]
+    orig = [lin.weight.detach().clone() for lin in linears]
     errs, best = [], (float("inf"), None, None)
     try:
         for k in range(n_grid):
             alpha = k / n_grid
             s = candidate_scale(x_mean, alpha, w_mean)
-            for l, w0 in zip(linears, orig):
-                l.weight.copy_((quant(w0.float() * s) / s).to(w0.dtype))
+            for lin, w0 in zip(linears, orig):
+                lin.weight.copy_((quant(w0.float() * s) / s).to(w0.dtype))
             err = float(sum(((o.float() - r.float()) ** 2).sum() for o, r in zip(forward(), ref))) / n
             errs.append(err)
             if err < best[0]:  # strict: the smallest α wins a tie, as in AutoAWQ
                 best = (err, alpha, s)
     finally:
-        for l, w0 in zip(linears, orig):
-            l.weight.copy_(w0)
+        for lin, w0 in zip(linears, orig):
+            lin.weight.copy_(w0)
     if best[2] is None:
         raise RuntimeError("AWQ scale search: every candidate gave a non-finite error (inf/nan activations?)")
     return best[2], best[1], errs
@@ -129,8 +129,8 @@ def fold_scale(prev: torch.nn.Module, linears: list[torch.nn.Linear], s: torch.T
         prev.weight.div_(s.to(prev.weight.dtype))
     if getattr(prev, "bias", None) is not None:
         prev.bias.div_(s.to(prev.bias.dtype))
-    for l in linears:
-        l.weight.mul_(s.view(1, -1).to(l.weight.dtype))
+    for lin in linears:
+        lin.weight.mul_(s.view(1, -1).to(lin.weight.dtype))
 
 
 @torch.no_grad()
