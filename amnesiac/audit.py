@@ -40,19 +40,19 @@ PROMPT_ATTACKS = {"paraphrase", "icl_forget", "icl_same_person", "step_by_step",
 
 @dataclass
 class AuditConfig:
-    suite: str = "quick"
-    attacks: list[str] | None = None  # overrides the suite's list
-    seed: int = 0
+    suite: str = "quick"  # quick | full: the attacks tried (SUITES in amnesiac/audit.py)
+    attacks: list[str] | None = None  # overrides the suite's list: quantizer names, prompt attacks, relearn
+    seed: int = 0  # bootstrap resampling, retain subset, prompt variants, relearning and calibration samples
     margin: float = MARGIN  # smallest difference of the verdict's metric that counts (absolute, in [0, 1))
     alpha: float = ALPHA  # one-sided level after Holm correction over the attacks
-    n_boot: int = 10000
+    n_boot: int = 10000  # paired-bootstrap resamples (p ≥ 1/(n_boot+1): enough for Holm over many attacks)
     metric: str | None = None  # the verdict's metric; None: chosen from the data (measure.scoring_for)
     floor: float | None = None  # without a retrained model: the level the target must exceed (default 0)
     max_retain: int = 300  # retain items evaluated (a fixed random subset: recall, not verdict)
-    batch_size: int = 64
-    relearn_steps: int = 20
-    relearn_lr: float = 1e-3
-    mia: bool = False
+    batch_size: int = 64  # generation / scoring batch
+    relearn_steps: int = 20  # relearning attack: optimizer steps on half of the forget set
+    relearn_lr: float = 1e-3  # relearning attack: learning rate
+    mia: bool = False  # membership inference on forget vs holdout (the CLI sets it when --holdout is given)
 
     def __post_init__(self):
         check_margin(self.margin)
