@@ -12,13 +12,21 @@ from amnesiac.cli_options import build_config, config_params, field_help
 from amnesiac.demo import DemoConfig
 
 
-def _help(verb: str) -> str:
-    r = CliRunner().invoke(app, [verb, "--help"], env={"COLUMNS": "250", "TERMINAL_WIDTH": "250"})
+def _help(verb: list[str]) -> str:
+    r = CliRunner().invoke(app, [*verb, "--help"], env={"COLUMNS": "250", "TERMINAL_WIDTH": "250"})
     assert r.exit_code == 0, r.output
     return re.sub(r"\s+", " ", r.output)
 
 
-@pytest.mark.parametrize("verb, cls, skip", [("audit", AuditConfig, {"mia"}), ("demo", DemoConfig, set())])
+def _cases():
+    from amnesiac.reproduce.smollm2 import SmolConfig
+    from amnesiac.reproduce.tofu import TofuConfig
+
+    return [(["audit"], AuditConfig, {"mia"}), (["demo"], DemoConfig, set()),
+            (["reproduce", "tofu"], TofuConfig, {"arch"}), (["reproduce", "smollm2"], SmolConfig, set())]
+
+
+@pytest.mark.parametrize("verb, cls, skip", _cases(), ids=lambda x: " ".join(x) if isinstance(x, list) else "")
 def test_help_lists_every_field_with_its_default(verb, cls, skip):
     text = _help(verb)
     for f in dataclasses.fields(cls):

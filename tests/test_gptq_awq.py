@@ -350,7 +350,7 @@ def test_vocabulary():
 
 def test_registered_attacks(tok):
     from amnesiac.attacks import apply_attack
-    from amnesiac.registry import load_all
+    from amnesiac.cli import load_all
 
     assert {"gptq", "awq", "quantize"} <= set(load_all()["attacks"])
     model = make_tiny(tok, seed=7)
