@@ -249,3 +249,60 @@ def test_adapter_pickle_weights_refused(tmp_path, base, base_dir):
     (ad / "adapter_model.safetensors").rename(ad / "adapter_model.bin")
     with pytest.raises(ModelLoadError, match=r"adapter's weights are a pickle \(adapter_model.bin\).*safe_serialization=True"):
         load_model(ad, device="cpu")
+
+
+# ---------- what callers record and key on ----------
+
+def test_content_key_and_weights_dir(tmp_path, cache, base, base_dir, tok):
+    from amnesiac.io import content_key
+    from amnesiac.models import model_content_key, weights_dir
+
+    snap = put_in_cache(cache, "acme/tiny", base_dir)
+    assert model_content_key("acme/tiny") == content_key(base_dir) == model_content_key(base_dir)
+    assert weights_dir("acme/tiny") == snap and weights_dir(base_dir) == base_dir
+    ad = make_adapter(base, tmp_path / "lora", "acme/tiny")
+    k = model_content_key(ad)
+    assert weights_dir(ad) is None  # merged weights exist only in memory
+    # the same adapter files on another base are another model
+    other = save_model(make_tiny(tok, seed=9), tok, tmp_path / "other")
+    ac = json.loads((ad / "adapter_config.json").read_text())
+    (ad / "adapter_config.json").write_text(json.dumps({**ac, "base_model_name_or_path": str(other)}))
+    assert model_content_key(ad) not in (k, content_key(ad))
+
+
+def test_verbs_take_hub_ids_and_adapters(tmp_path, cache, monkeypatch, base, base_dir, tok, qa_people):
+    """Through the CLI: `eval` and `attack quantize` on a cached hub id and on an adapter over it give the
+    numbers of the same model given as a folder."""
+    from typer.testing import CliRunner
+
+    from amnesiac.cli import app
+
+    put_in_cache(cache, "acme/tiny", base_dir)
+    make_adapter(base, tmp_path / "lora", "acme/tiny")
+    merged, _ = load_model(tmp_path / "lora", device="cpu")
+    save_model(merged, tok, tmp_path / "merged")
+    (tmp_path / "f.jsonl").write_text("".join(json.dumps(it.to_json()) + "\n" for it in qa_people["forget"][:4]))
+    monkeypatch.chdir(tmp_path)
+    out = {}
+    runs = {"hub": "acme/tiny", "dir": str(base_dir), "adapter": "lora", "merged": "merged"}
+    for i, m in runs.items():
+        for verb, args in (("eval", ["eval", "--model", m, "--data", "f.jsonl", "--out", f"ev{i}", "--retain", "none",
+                                     "--device", "cpu", "--no-progress"]),
+                           ("quantize", ["attack", "quantize", "--model", m, "--out", f"q{i}", "--device", "cpu"])):
+            res = CliRunner().invoke(app, args)
+            assert res.exit_code == 0, (m, verb, res.output)
+        out[i] = load_model(tmp_path / f"q{i}", device="cpu")[0]
+    for a, b in (("hub", "dir"), ("adapter", "merged")):
+        na, nb = (_numbers(json.loads((tmp_path / f"ev{i}" / "summary.json").read_text())) for i in (a, b))
+        assert len(na) > 5 and na.keys() == nb.keys() and na == pytest.approx(nb, abs=1e-6), (a, b)
+        torch.testing.assert_close(_logits(out[a], tok), _logits(out[b], tok), atol=1e-5, rtol=1e-5)
+
+
+def _numbers(d, prefix=""):
+    """Every float in a JSON tree, by path (timings and paths left out)."""
+    if isinstance(d, dict):
+        return {k: v for key, val in d.items() if not any(s in key for s in ("time", "wall", "_s", "path", "model"))
+                for k, v in _numbers(val, f"{prefix}/{key}").items()}
+    if isinstance(d, list):
+        return {k: v for i, val in enumerate(d) for k, v in _numbers(val, f"{prefix}/{i}").items()}
+    return {prefix: float(d)} if isinstance(d, (int, float)) and not isinstance(d, bool) else {}

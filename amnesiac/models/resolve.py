@@ -216,6 +216,26 @@ def _adapter(p: Path, source: str, commit: str | None, trust_remote_code, where:
     return ModelRef("adapter", p, source, revision=commit, base=base, description=desc)
 
 
+def model_content_key(spec, n: int = 16) -> str:
+    """io.content_key of what a reference *is*, for caches and resume checks: the cached snapshot of a hub id
+    (the id is no path), and for an adapter its own files together with its base's key (an adapter's
+    files alone would give one key to the same adapter on two different bases)."""
+    from ..io import content_key as files_key, hash_obj
+
+    ref = resolve_model(spec, trust_remote_code=None)
+    if ref.kind == "adapter":
+        return hash_obj(["adapter", files_key(ref.path, n), model_content_key(ref.base, n)], n)
+    return files_key(ref.path, n)
+
+
+def weights_dir(spec) -> Path | None:
+    """The safetensors folder whose tensors are exactly the loaded model's (a folder, a hub snapshot), or
+    None when the loaded weights exist only after loading (a dequantized .gguf, an adapter merged into its
+    base): callers that stream the original weights back (|Δw| after unlearning) must then copy them."""
+    ref = resolve_model(spec, trust_remote_code=None)
+    return ref.path if ref.kind in ("dir", "hub") else None
+
+
 def load_adapter(spec, merge: bool = True, device: str | None = "auto", dtype: str | None = "float32",
                  trust_remote_code: bool = False, device_map: str | None = None):
     """(model, tokenizer) for an adapter: its base loaded by load_model, the adapter applied with peft.
