@@ -235,6 +235,16 @@ def test_adapter_in_the_hub_cache_on_a_cached_base(tmp_path, cache, base, base_d
     torch.testing.assert_close(_logits(m, t), peft_reference_logits(base_dir, ad, tok), atol=1e-5, rtol=1e-5)
 
 
+def test_adapter_shipping_its_tokenizer_uses_it(tmp_path, base, base_dir, tok):
+    ad = make_adapter(base, tmp_path / "lora", str(base_dir))
+    assert resolve_model(ad).tokenizer_path == base_dir  # none shipped: the base's
+    tok.save_pretrained(ad)
+    assert resolve_model(ad).tokenizer_path == ad
+    assert load_tokenizer(ad)(TEXT)["input_ids"] == tok(TEXT)["input_ids"]
+    m, t = load_model(ad, device="cpu")
+    torch.testing.assert_close(_logits(m, t), peft_reference_logits(base_dir, ad, tok), atol=1e-5, rtol=1e-5)
+
+
 def test_adapter_with_missing_base_names_it_and_the_fix(tmp_path, cache, base):
     ad = make_adapter(base, tmp_path / "lora", "acme/nobase")
     with pytest.raises(ModelLoadError) as e:

@@ -65,7 +65,7 @@ def task_dir(tmp_path_factory, qa_people):
         docs.append({"question": it.question, "answer": it.answer, "choices": choices,
                      "label": choices.index(it.answer)})
     (d / "bios.jsonl").write_text("".join(json.dumps(x) + "\n" for x in docs))
-    fmt = dict(data=d / "bios.jsonl", cache=d / "datasets_cache")  # datasets' cache stays in tmp
+    fmt = {"data": d / "bios.jsonl", "cache": d / "datasets_cache"}  # datasets' cache stays in tmp
     (d / "bios_mc.yaml").write_text(MC_YAML.format(**fmt))
     (d / "bios_ppl.yaml").write_text(PPL_YAML.format(**fmt))
     return d, docs

@@ -115,7 +115,7 @@ def _caller_state(model):
         model.train(was_training)
 
 
-def utility(model, tokenizer, tasks: Sequence[str] | str, limit: int | float | None = None, batch_size: int | str = 8,
+def utility(model, tokenizer, tasks: Sequence[str] | str, limit: float | None = None, batch_size: int | str = 8,
             task_dirs=None, num_fewshot: int | None = None, bootstrap_iters: int = 1000,
             offline: bool = True) -> dict[str, MetricResult]:
     """{task: MetricResult} for each lm-evaluation-harness task (or group, e.g. mmlu) run on `model`.

@@ -41,7 +41,7 @@ class ModelRef:
     path: Path
     source: str  # what the caller wrote
     revision: str | None = None
-    base: "ModelRef | None" = None
+    base: ModelRef | None = None
     description: str = ""
 
     @property
@@ -220,7 +220,8 @@ def model_content_key(spec, n: int = 16) -> str:
     """io.content_key of what a reference *is*, for caches and resume checks: the cached snapshot of a hub id
     (the id is no path), and for an adapter its own files together with its base's key (an adapter's
     files alone would give one key to the same adapter on two different bases)."""
-    from ..io import content_key as files_key, hash_obj
+    from ..io import content_key as files_key
+    from ..io import hash_obj
 
     ref = resolve_model(spec, trust_remote_code=None)
     if ref.kind == "adapter":
