@@ -4,6 +4,7 @@ Every load is checked by its numbers (logits equal to the source model's), every
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -24,11 +25,20 @@ def _logits(m, tok, text=TEXT):
 
 
 def put_in_cache(cache, repo: str, src, commit: str = COMMIT, ref: str | None = "main"):
-    """The layout huggingface_hub writes: models--org--name/{refs/<ref> = commit, snapshots/<commit>/files}
-    (real caches hold symlinks into blobs/; plain files are read the same way)."""
+    """The layout huggingface_hub writes: models--org--name/blobs/<sha256> holding the bytes,
+    snapshots/<commit>/<file> symlinks to them, refs/<ref> = commit."""
+    import hashlib
+
     root = cache / ("models--" + repo.replace("/", "--"))
     snap = root / "snapshots" / commit
-    shutil.copytree(src, snap)
+    (root / "blobs").mkdir(parents=True, exist_ok=True)
+    for f in sorted(src.rglob("*")):
+        if f.is_file():
+            blob = root / "blobs" / hashlib.sha256(f.read_bytes()).hexdigest()
+            shutil.copyfile(f, blob)
+            link = snap / f.relative_to(src)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(os.path.relpath(blob, link.parent))
     if ref:
         (root / "refs").mkdir(parents=True, exist_ok=True)
         (root / "refs" / ref).write_text(commit)
