@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install clean-cache
+.PHONY: demo test lint install clean-cache
 
 $(BIN)/amnesiac: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -19,6 +19,9 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check amnesiac tests benchmarks scripts
 
 clean-cache:
 	rm -rf $${AMNESIAC_HOME:-$$HOME/.cache/amnesiac}

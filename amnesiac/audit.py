@@ -30,8 +30,8 @@ from .metrics.recovery import ALPHA, MARGIN, check_margin
 
 SUITES = {
     "quick": ["fp", "rtn8", "rtn4_g64", "paraphrase"],
-    "full": ["fp", "rtn8", "rtn4_g64", "rtn4_g128_asym", "rtn3_g64", "rtn2_g64", "hqq4", "quanto4", "quanto8",
-             "torchao4", "bnb_nf4", "paraphrase", "icl_forget", "icl_same_person", "step_by_step", "cloze", "relearn"],
+    "full": ["fp", "rtn8", "rtn4_g64", "rtn4_g128_asym", "rtn3_g64", "rtn2_g64", "gptq4_g128", "gptq8_g128",
+             "awq4_g128", "hqq4", "quanto4", "quanto8", "torchao4", "bnb_nf4", "paraphrase", "icl_forget", "icl_same_person", "step_by_step", "cloze", "relearn"],
 }
 PROMPT_ATTACKS = {"paraphrase", "icl_forget", "icl_same_person", "step_by_step", "cloze"}
 
@@ -40,19 +40,19 @@ PROMPT_ATTACKS = {"paraphrase", "icl_forget", "icl_same_person", "step_by_step",
 
 @dataclass
 class AuditConfig:
-    suite: str = "quick"
-    attacks: list[str] | None = None  # overrides the suite's list
-    seed: int = 0
+    suite: str = "quick"  # quick | full: the attacks tried (SUITES in amnesiac/audit.py)
+    attacks: list[str] | None = None  # overrides the suite's list: quantizer names, prompt attacks, relearn
+    seed: int = 0  # bootstrap resampling, retain subset, prompt variants, relearning and calibration samples
     margin: float = MARGIN  # smallest difference of the verdict's metric that counts (absolute, in [0, 1))
     alpha: float = ALPHA  # one-sided level after Holm correction over the attacks
-    n_boot: int = 10000
+    n_boot: int = 10000  # paired-bootstrap resamples (p ≥ 1/(n_boot+1): enough for Holm over many attacks)
     metric: str | None = None  # the verdict's metric; None: chosen from the data (measure.scoring_for)
     floor: float | None = None  # without a retrained model: the level the target must exceed (default 0)
     max_retain: int = 300  # retain items evaluated (a fixed random subset: recall, not verdict)
-    batch_size: int = 64
-    relearn_steps: int = 20
-    relearn_lr: float = 1e-3
-    mia: bool = False
+    batch_size: int = 64  # generation / scoring batch
+    relearn_steps: int = 20  # relearning attack: optimizer steps on half of the forget set
+    relearn_lr: float = 1e-3  # relearning attack: learning rate
+    mia: bool = False  # membership inference on forget vs holdout (the CLI sets it when --holdout is given)
 
     def __post_init__(self):
         check_margin(self.margin)
@@ -112,11 +112,12 @@ def knowledge_at(model, tok, forget: list[QAItem], retain: list[QAItem], deploym
                  scoring=None, batch_size: int = 64) -> dict[str, list]:
     """measure() of `model` deployed as `deployment` (a quantizer name or "fp"): per-item scores of the forget
     and retain sets (flat keys forget_<metric> / retain_<metric>, forget_outputs)."""
-    from .attacks.quant.apply import deploy
+    from .attacks.quant.calib import calib_texts_from_items
+    from .attacks.quant.deploy import deploy
     from .measure import measure, scoring_for
 
     scoring = scoring or scoring_for(forget)
-    r = measure(deploy(model, deployment), tok, {"forget": forget, "retain": retain}, scoring, batch_size=batch_size)
+    r = measure(deploy(model, tok, deployment, calib_texts_from_items(retain))[0], tok, {"forget": forget, "retain": retain}, scoring, batch_size=batch_size)
     return flatten(r)
 
 
@@ -313,13 +314,16 @@ class Audit:
         return floor
 
     def _one(self, model, tok, attack: str, retain, scoring) -> dict:
-        from .attacks.quant.apply import deploy
+        from .attacks.quant.calib import calib_texts_from_items
+        from .attacks.quant.deploy import deploy
         from .measure import measure
 
         cfg = self.config
         sets = {"forget": self.forget, "retain": retain}
         if attack == "fp" or is_quantizer(attack):
-            return flatten(measure(deploy(model, attack), tok, sets, scoring, batch_size=cfg.batch_size))
+            # calibrated quantizers (GPTQ, AWQ) calibrate on the retain set: what a releaser would have at hand
+            m = deploy(model, tok, attack, calib_texts_from_items(self.retain), seed=cfg.seed)[0]
+            return flatten(measure(m, tok, sets, scoring, batch_size=cfg.batch_size))
         if attack in PROMPT_ATTACKS:
             from .attacks.prompts import STOPS
 

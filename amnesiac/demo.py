@@ -29,30 +29,59 @@ METHODS = ["ga_gdr", "ga_klr", "npo_gdr", "npo_klr"]
 
 @dataclass
 class DemoConfig:
-    size: str = "xs"
-    seed: int = 0
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
-    sure: bool = True
+    size: str = "xs"  # tiny model preset: xs | s | m
+    seed: int = 0  # data, init, training order, unlearning batches, bootstrap
+    methods: list[str] = field(default_factory=lambda: list(METHODS))  # unlearning methods (amnesiac ls unlearn_methods)
+    sure: bool = True  # also the SURE variants
     # The paper's small-update regime is lr 1e-5 on a 7B model: "the smallest update that unlearns".
     # The demo climbs this ladder and keeps the first lr whose run stops early (forget recall ≤
     # early_stop × target's) within max_steps; unlearn.json records it. Measured on the xs default
     # (GA_GDR, 200 steps): lr 1e-5 left forget recall at 0.80 and 3e-5 at 0.30, so the ladder starts
     # at 1e-4 (mean |Δw| there: 0.055 of a 4-bit g64 step, the paper's regime). `amnesiac sweep`-style
     # runs can start lower with DemoConfig(lrs=...).
-    lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3)
+    lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3)  # lr ladder: the first that stops early is kept
     sure_lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2)  # SURE: ~10× larger lr, only salient rows move
-    sure_percentile: float = 90.0
+    sure_percentile: float = 90.0  # SURE: only rows at or above this saliency percentile train
     # quantization-aware variant (docs/science.md §2b): the same method and lr ladder, trained through the
     # release grid (rtn4_g64 = RELEASE_GRID), early stop on the quantized model's forget recall
-    robust: bool = True
-    robust_to: str = "rtn4_g64"
-    max_steps: int = 200
+    robust: bool = True  # also the quantization-aware *_ROBUST variants
+    robust_to: str = "rtn4_g64"  # the format the *_ROBUST variants train through (the release grid)
+    max_steps: int = 200  # optimizer steps per unlearning run at most
     early_stop: float = 0.25  # stop once monitor forget recall ≤ 25 % of the target's
-    batch_size: int = 8
-    scenarios: tuple[str, ...] = ("trained", "released-quantized")
-    max_retain: int = 300
+    batch_size: int = 8  # unlearning batch size
+    scenarios: tuple[str, ...] = ("trained", "released-quantized")  # scenarios.py: trained | released-quantized
+    max_retain: int = 300  # retain items evaluated
     n_boot: int = 10000  # p ≥ 1/(n_boot+1): with ~50 deployments judged, Holm needs p well below 0.025/50
     smollm2: bool = False  # append the SmolLM2 rows (`amnesiac demo --smollm2`: the CLI composes the two experiments)
+
+    def __post_init__(self) -> None:
+        """Every option checked before the (long) preparation starts."""
+        from .attacks.quant.spec import is_quantizer
+        from .errors import UserError, check_number
+        from .models.tiny import SIZES
+        from .scenarios import SCENARIOS
+        from .unlearn.config import UnlearnConfig
+
+        if self.size not in SIZES:
+            raise UserError(f"unknown size {self.size!r}; available: {', '.join(SIZES)}")
+        if not self.methods:
+            raise UserError("no unlearning method given", "e.g. --methods npo_klr,ga_gdr")
+        for m in self.methods:
+            UnlearnConfig(method=m)  # an unknown method fails here, naming the available ones
+        for name, lrs in (("lrs", self.lrs), ("sure_lrs", self.sure_lrs)):
+            if not lrs:
+                raise UserError(f"{name}: give at least one learning rate")
+            for lr in lrs:
+                check_number(name, lr, gt=0)
+        check_number("sure_percentile", self.sure_percentile, gt=0, lt=100)
+        check_number("early_stop", self.early_stop, gt=0, le=1)
+        for name in ("max_steps", "batch_size", "max_retain", "n_boot"):
+            check_number(name, getattr(self, name), ge=1, integer=True)
+        if not is_quantizer(self.robust_to):
+            raise UserError(f"unknown quantizer {self.robust_to!r} for robust_to", "see `amnesiac ls attacks`")
+        bad = [x for x in self.scenarios if x not in SCENARIOS]
+        if bad or not self.scenarios:
+            raise UserError(f"unknown scenario(s) {bad}; available: {', '.join(SCENARIOS)}")
 
 
 def _quantizer(name: str):

@@ -31,15 +31,3 @@ def lookup(kind: str, name: str) -> Any:
         raise KeyError(f"unknown {kind[:-1] if kind.endswith('s') else kind} {name!r}; available: {', '.join(sorted(table)) or '(none)'}")
     return table[key]
 
-
-def load_all() -> dict[str, dict[str, Any]]:
-    """Import every module that registers something, so the tables are complete."""
-    import importlib
-
-    for mod in ("amnesiac.data", "amnesiac.metrics", "amnesiac.unlearn", "amnesiac.attacks"):
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:  # a subpackage not built yet must not hide the others
-            if e.name != mod:
-                raise
-    return REGISTRIES

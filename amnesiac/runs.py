@@ -52,14 +52,17 @@ def measure_key(model_path: str | Path, deployment: str, sets: dict[str, Sequenc
 
 
 def cached_measure(model_path: str | Path, deployment: str, sets: dict[str, Sequence], scoring, cache_dir: str | Path,
-                   loaded=None, batch_size: int = 32, log=None, **measure_kw) -> dict:
+                   loaded=None, batch_size: int = 32, log=None, calib_texts: list[str] | None = None,
+                   **measure_kw) -> dict:
     """measure() of the model at `model_path` deployed as `deployment` (a quantizer name or "fp"), cached in
     cache_dir by content. `loaded`: a callable returning (model, tok) of model_path (lets a caller keep one
-    model in memory across deployments). The model is never changed: deployments quantize a copy."""
-    from .attacks.quant.apply import deploy
+    model in memory across deployments). The model is never changed: deployments quantize a copy.
+    `calib_texts`: for calibrated quantizers (gptq*, awq*); part of the key."""
+    from .attacks.quant.deploy import deploy
     from .measure import measure
 
-    cp = Path(cache_dir) / f"{measure_key(model_path, deployment, sets, scoring, measure_kw or None)}.json"
+    extra = {**measure_kw, "calib": items_key(calib_texts)} if calib_texts else (measure_kw or None)
+    cp = Path(cache_dir) / f"{measure_key(model_path, deployment, sets, scoring, extra)}.json"
     if cp.exists():
         return read_json(cp)["result"]
     if loaded is None:
@@ -71,7 +74,7 @@ def cached_measure(model_path: str | Path, deployment: str, sets: dict[str, Sequ
     t = time.time()
     if log:
         log(f"measuring {Path(model_path).name} @ {deployment}")
-    m = deploy(model, deployment)
+    m = deploy(model, tok, deployment, calib_texts)[0]
     r = measure(m, tok, sets, scoring, batch_size=batch_size, **measure_kw)
     write_json(cp, {"model": str(model_path), "deployment": deployment, "scoring": scoring.to_json(),
                     "wall_s": round(time.time() - t, 2), "result": r})

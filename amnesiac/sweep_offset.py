@@ -162,10 +162,8 @@ def _recalls(model_dir: Path, forget, retain, bits: list[int], scoring, cache: P
 def run_offset_sweep(target: str | Path, forget, retain, out: str | Path, cfg: OffsetSweepConfig | None = None,
                      log=print) -> dict:
     from .attacks.collapse import collapse_diagnostics
-    from .models import load_model
-    from .unlearn import unlearn
-
     from .measure import scoring_for
+    from .models import load_model
 
     cfg = cfg or OffsetSweepConfig()
     cfg.check()

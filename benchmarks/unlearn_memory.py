@@ -49,11 +49,11 @@ def arch(a) -> dict:
 
 
 def param_counts(c: dict) -> dict:
-    h, L, I, V = c["hidden_size"], c["num_hidden_layers"], c["intermediate_size"], c["vocab_size"]
+    h, L, inter, V = c["hidden_size"], c["num_hidden_layers"], c["intermediate_size"], c["vocab_size"]
     kv = h // c["num_attention_heads"] * c["num_key_value_heads"]
-    attn, mlp = 2 * h * h + 2 * h * kv, 3 * h * I
+    attn, mlp = 2 * h * h + 2 * h * kv, 3 * h * inter
     return {"total": L * (attn + mlp + 2 * h) + 2 * V * h + h, "per_layer_mlp": mlp,
-            "lora8": L * 8 * (2 * (h + h) + 2 * (h + kv) + 2 * (h + I) + (I + h)), "hidden": h, "layers": L}
+            "lora8": L * 8 * (2 * (h + h) + 2 * (h + kv) + 2 * (h + inter) + (inter + h)), "hidden": h, "layers": L}
 
 
 def estimate_gib(c: dict, method: str, o: dict) -> float:

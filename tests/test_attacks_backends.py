@@ -71,6 +71,8 @@ def test_missing_backend_hint(monkeypatch):
     with pytest.raises(BackendMissing, match=r"pip install 'amnesiac\[hqq\]'"):
         get_quantizer("hqq", 4, 64)
     with pytest.raises(ValueError, match="unknown quantization backend"):
+        get_quantizer("nosuch", 4)
+    with pytest.raises(ValueError, match="calibrated quantizer"):  # gptq/awq exist, but only through deploy()
         get_quantizer("gptq", 4)
     with pytest.raises(ValueError, match="no 3|8, 4 and 2"):
         get_quantizer("quanto", 3) if available("quanto") else (_ for _ in ()).throw(ValueError("8, 4 and 2"))

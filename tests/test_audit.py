@@ -3,7 +3,6 @@ The verdict rule itself is tested on hand-made numbers in test_verdict.py."""
 import copy
 import json
 
-import numpy as np
 import pytest
 
 from amnesiac.audit import Audit, AuditConfig
@@ -18,8 +17,6 @@ def test_unknown_attack_lists_available():
 def audit_models(tmp_path_factory, trained_tiny, tok, qa_people):
     """target = trained tiny model; unlearned = its copy after a few GA steps; retrained = a copy whose
     forget answers were disturbed harder (stands in for a never-trained model)."""
-    import torch
-
     from amnesiac.models import save_model
     from amnesiac.unlearn import unlearn
 
@@ -61,7 +58,9 @@ def test_audit_summary_schema_and_resume(audit_models, qa_people, tmp_path):
     assert len(cached) == 12 and (out / "cache" / "collapse.json").exists()
     s2 = Audit(str(audit_models / "target"), str(audit_models / "unlearned"), qa_people["forget"], qa_people["retain"],
                out, retrained=str(audit_models / "retrained"), config=cfg).run()
-    drop = lambda s: json.dumps({k: v for k, v in s.items() if k not in ("wall_s", "costs", "mia")}, sort_keys=True)
+    def drop(s):
+        return json.dumps({k: v for k, v in s.items() if k not in ("wall_s", "costs", "mia")}, sort_keys=True)
+
     assert drop(s1) == drop(s2)
     paths = write_audit_report(s1, out)
     html = paths["html"].read_text()
@@ -158,3 +157,15 @@ def test_tofu_format_verdict_measures_instead_of_passing(tofu_models, tmp_path):
     s2 = Audit(str(d / "target"), str(d / "target"), forget, retain, tmp_path / "b", retrained=str(d / "retrained"),
                config=AuditConfig(attacks=["fp", "rtn8"], n_boot=2000, metric="exact_match")).run()
     assert s2["verdict"]["verdict"] in ("INCONCLUSIVE", "FAIL") and s2["verdict"]["verdict"] != "PASS"
+
+
+def test_audit_runs_the_papers_calibrated_quantizers(audit_models, qa_people, tmp_path):
+    """GPTQ and AWQ are audit attacks like any other name, calibrated on the retain set."""
+    cfg = AuditConfig(attacks=["fp", "gptq4_g128", "awq4_g128"], n_boot=300, max_retain=20)
+    s = Audit(str(audit_models / "target"), str(audit_models / "unlearned"), qa_people["forget"], qa_people["retain"],
+              tmp_path / "a", retrained=str(audit_models / "retrained"), config=cfg).run()
+    rows = {r["attack"]: r for r in s["recovery"]}
+    assert set(rows) == {"fp", "gptq4_g128", "awq4_g128"} and not s["skipped_attacks"]
+    for a in ("gptq4_g128", "awq4_g128"):
+        assert 0.0 <= rows[a]["value"] <= 1.0 and "excess" in rows[a]
+    assert "gptq4_g128" in AuditConfig(suite="full").attack_list()

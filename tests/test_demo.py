@@ -95,7 +95,9 @@ def test_sweep_cache_tells_forget_sets_apart(trained_tiny, tok, qa_people, tmp_p
     cfg = SweepConfig(method="ga_gdr", lrs=[1e-2], bits=[16], max_steps=3, batch_size=4)
     f1, f2 = qa_people["forget"], qa_people["retain"][:10]
     r = qa_people["retain"][10:30]
-    q = lambda *_: None
+    def q(*_):
+        return None
+
     a = run_sweep(t, f1, r, tmp_path / "sw", cfg, log=q)
     b = run_sweep(t, f2, r, tmp_path / "sw", cfg, log=q)
     assert a["rows"][0]["model"] != b["rows"][0]["model"]

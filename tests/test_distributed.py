@@ -54,7 +54,8 @@ def test_units_and_weights_give_the_global_mean():
 
 def test_every_registered_loss_declares_its_units():
     """A new method/regulariser must say what its loss averages over before it can be split across processes."""
-    from amnesiac.registry import load_all, registry
+    from amnesiac.cli import load_all
+    from amnesiac.registry import registry
     from amnesiac.unlearn.common import Method
     from amnesiac.unlearn.distributed import UNITS
 

@@ -72,24 +72,48 @@ def quantize_cmd(model: Path = typer.Option(..., "--model", help="model folder (
                  out: Path = typer.Option(..., "--out", help="output model folder (dequantized weights + attack.json)"),
                  bits: int = typer.Option(4, help="2–8 (backends support a subset, see "
                                                    "docs/guides/quantization-backends.md)"),
-                 group: Optional[int] = typer.Option(None, help="group size along the input dim (32/64/128); default per channel"),
-                 scheme: str = typer.Option("sym", help="RTN: sym (absmax) | asym (min/max + zero point)"),
-                 backend: str = typer.Option("rtn", help="rtn | quanto | hqq | torchao | bnb | gguf"),
+                 group: Optional[int] = typer.Option(None, help="group size along the input dim (32/64/128); default per channel (gptq/awq: 128; 0 = per channel)"),
+                 scheme: Optional[str] = typer.Option(None, help="sym | asym (default: sym; asym for awq)"),
+                 backend: str = typer.Option("rtn", help="rtn | quanto | hqq | torchao | bnb | gguf | gptq | awq"),
                  kind: Optional[str] = typer.Option(None, help="bnb: nf4 | fp4 | int8; gguf: q4_0 | q4_1 | q5_0 | q5_1 | q8_0"),
                  embeddings: bool = typer.Option(False, help="also quantize input embeddings"),
                  lm_head: bool = typer.Option(False, "--lm-head", help="also quantize the LM head"),
+                 calib: Optional[str] = typer.Option(None, help="gptq/awq: calibration data, e.g. bios:retain90 (QA items: question+answer)"),
+                 calib_n: int = typer.Option(128, "--calib-n", min=1, help="gptq/awq: calibration sequences (seeded sample)"),
+                 calib_len: int = typer.Option(512, "--calib-len", min=1, help="gptq/awq: max tokens per sequence"),
+                 act_order: bool = typer.Option(False, "--act-order", help="gptq: columns by decreasing Hessian diagonal"),
+                 no_clip: bool = typer.Option(False, "--no-clip", help="awq: skip the clipping search"),
+                 seed: int = typer.Option(0, help="gptq/awq: seed of the calibration sample"),
                  device: str = typer.Option("auto"), dtype: str = typer.Option("float32"), overwrite: bool = _OVERWRITE):
     """Quantize a model's weights and save the dequantized model (any metric runs on it unchanged)."""
+    from ..errors import UserError
     from ..models import load_model, save_model
-    from ..models.load import check_model_dir, check_device, resolve_dtype
-    from .quantize import quantize_attack
+    from ..models.load import check_device, check_model_dir, resolve_dtype
+    from .quantize import awq_attack, gptq_attack, quantize_attack
 
-    _quantizer(backend, bits, group, scheme, kind)
+    calibrated = backend in ("gptq", "awq")
+    if calibrated:
+        if embeddings or lm_head:
+            raise UserError(f"{backend} quantizes the decoder blocks only", "drop --embeddings / --lm-head")
+        if not calib:
+            raise UserError(f"{backend} needs calibration texts", "pass --calib DATA (e.g. bios:retain90)")
+        from .quant.calib import calib_texts_from_items
+
+        texts = calib_texts_from_items(_items(calib))
+    else:
+        _quantizer(backend, bits, group, scheme or "sym", kind)
     check_device(device), resolve_dtype(dtype), check_model_dir(model)
     with _claim(out, [model], overwrite, "attack-quantize") as claim:  # never --model, never a foreign folder
         m, tok = load_model(model, device=device, dtype=dtype)
-        res = quantize_attack(m, tok, backend=backend, bits=bits, group=group, scheme=scheme, kind=kind,
-                              embeddings=embeddings, lm_head=lm_head)
+        if calibrated:
+            common = dict(bits=bits, group=128 if group is None else (group or None), n_calib=calib_n,
+                          max_len=calib_len, seed=seed)
+            res = (gptq_attack(m, tok, texts, scheme=scheme or "sym", act_order=act_order, **common)
+                   if backend == "gptq" else awq_attack(m, tok, texts, scheme=scheme or "asym", clip=not no_clip, **common))
+            res.record["config"]["calib"]["data"] = calib
+        else:
+            res = quantize_attack(m, tok, backend=backend, bits=bits, group=group, scheme=scheme or "sym", kind=kind,
+                                  embeddings=embeddings, lm_head=lm_head)
         save_model(res.model, tok, claim.begin())
         _write(claim, {**res.record, "source_model": str(model)})
     c = res.record["cost"]

@@ -23,10 +23,10 @@ from .quant.apply import select_weights
 RATIO_EDGES = [0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, math.inf]
 
 
-def _layer_stats(q, w_t: torch.Tensor, w_u: torch.Tensor, qt_t=None, offset_bins: int = 10) -> dict:
+def _layer_stats(q, w_t: torch.Tensor, w_u: torch.Tensor, qt_t=None, offset_bins: int = 10, qt_u=None) -> dict:
     w_t, w_u = w_t.detach().float(), w_u.detach().float()
     qt_t = qt_t if qt_t is not None else q.quantize(w_t)
-    qt_u = q.quantize(w_u)
+    qt_u = qt_u if qt_u is not None else q.quantize(w_u)
     n = w_t.numel()
     same = (qt_t.codes_flat() == qt_u.codes_flat()).sum().item()
     dq_t, dq_u = qt_t.dequantize(), qt_u.dequantize()
@@ -71,7 +71,7 @@ def collapse_diagnostics(target, unlearned, quantizer, linear: bool = True, embe
                         "diagnostic needs one (RTN, or a GGUF format)")
     u_params = dict(select_weights(unlearned, linear, embeddings, lm_head, include, exclude))
     qname = getattr(quantizer, "name", repr(quantizer))
-    layers, tot = {}, None
+    raw = {}
     for name, w_t in select_weights(target, linear, embeddings, lm_head, include, exclude):
         if name not in u_params:
             raise KeyError(f"unlearned model has no weight {name!r} (or it is not selected): not the same "
@@ -85,7 +85,15 @@ def collapse_diagnostics(target, unlearned, quantizer, linear: bool = True, embe
             qt_t = quantizer.quantize(w_t.detach().float())
             if cache is not None:
                 cache[key] = qt_t
-        s = _layer_stats(quantizer, w_t, w_u.to(w_t.device), qt_t, offset_bins)
+        raw[name] = _layer_stats(quantizer, w_t, w_u.to(w_t.device), qt_t, offset_bins)
+    cfg = quantizer.config() if hasattr(quantizer, "config") else {"name": qname}
+    return _report(raw, {**cfg, "name": qname}, offset_bins)
+
+
+def _report(raw: dict[str, dict], quantizer: dict, offset_bins: int) -> dict:
+    """Per-layer and overall (summed) statistics from each layer's raw sums."""
+    layers, tot = {}, None
+    for name, s in raw.items():
         layers[name] = _finish(s)
         if tot is None:
             tot = {k: (list(v) if isinstance(v, list) else v) for k, v in s.items()}
@@ -99,10 +107,25 @@ def collapse_diagnostics(target, unlearned, quantizer, linear: bool = True, embe
                     tot[k] += v
     if tot is None:
         raise ValueError("no weights matched the module selection")
-    cfg = quantizer.config() if hasattr(quantizer, "config") else {"name": qname}
-    return {"quantizer": {**cfg, "name": qname}, "overall": _finish(tot), "layers": layers,
+    return {"quantizer": quantizer, "overall": _finish(tot), "layers": layers,
             "dw_over_step_edges": RATIO_EDGES[:-1] + ["inf"],  # JSON has no infinity
             "grid_offset_edges": np.linspace(0, 0.5, offset_bins + 1).round(4).tolist()}
+
+
+@torch.no_grad()
+def collapse_from_codes(target, unlearned, codes_t: dict, codes_u: dict, name: str = "calibrated",
+                        offset_bins: int = 10) -> dict:
+    """The same diagnostics when each model was quantized by a calibrated method, whose codes depend on
+    the model's own activations: codes_t / codes_u are deploy(...)[1]["codes"] of target and unlearned
+    ({weight name: QTensor}). Meaningful as is for GPTQ (codes of W itself); AWQ's codes are of W·diag(s)
+    with s found per model, so its |Δw|/Δ and grid offset mix two scalings (collapse rate stays defined)."""
+    p_t, p_u = dict(target.named_parameters()), dict(unlearned.named_parameters())
+    raw = {}
+    for n, qt_t in codes_t.items():
+        if n not in codes_u or n not in p_t or n not in p_u:
+            raise KeyError(f"{n}: not in both models and both code sets (same architecture and quantizer?)")
+        raw[n] = _layer_stats(None, p_t[n], p_u[n].to(p_t[n].device), qt_t, offset_bins, codes_u[n])
+    return _report(raw, {"name": name}, offset_bins)
 
 
 from ..registry import register  # noqa: E402  (kept next to its only user)

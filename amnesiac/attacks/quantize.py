@@ -1,4 +1,5 @@
-"""The quantization attack as a registered attack: model in, quantized copy out, with config and cost."""
+"""The quantization attacks as registered attacks: model in, quantized copy out, with config and cost.
+`quantize`: per-weight quantizers (RTN, backends); `gptq` and `awq`: calibrated (quant.deploy)."""
 from __future__ import annotations
 
 import copy
@@ -38,3 +39,41 @@ def quantize_attack(model, tok=None, backend: str = "rtn", bits: int = 4, group:
             info = {"mode": "dequantized", "n_tensors": info["n_tensors"], "n_weights": info["n_weights"]}
     out.eval()
     return AttackResult(out, {"attack": "quantize", "config": cfg, "cost": cost, **info})
+
+
+def _calibrated(method: str, model, tok, calib_texts, name: str, n_calib: int, max_len: int, seed: int,
+                options: dict | None, include: str | None, exclude: str | None) -> AttackResult:
+    from .quant.deploy import deploy, json_info
+
+    with measure_cost() as cost:
+        out, info = deploy(model, tok, name, calib_texts, n_calib=n_calib, max_len=max_len, seed=seed,
+                           options=options, include=include, exclude=exclude)
+    rec = json_info(info)
+    cfg = {**rec.pop("config"), "name": rec.pop("name"), "include": include, "exclude": exclude,
+           "calib": rec.pop("calib"), "options": rec.pop("options"), "library_version": None}
+    return AttackResult(out, {"attack": method, "config": cfg, "cost": cost, **rec})
+
+
+def calibrated_name(method: str, bits: int, group: int | None, scheme: str | None, flag: bool = False) -> str:
+    """The vocabulary name of a GPTQ / AWQ setting, e.g. gptq4_sym_g128_actorder, awq4_asym_g128_noclip."""
+    scheme = scheme or ("sym" if method == "gptq" else "asym")
+    name = f"{method}{bits}_{scheme}_" + (f"g{group}" if group else "ch")
+    return name + ("_actorder" if method == "gptq" and flag else "_noclip" if method == "awq" and flag else "")
+
+
+@register("attacks", "gptq")
+def gptq_attack(model, tok=None, calib_texts: list[str] | None = None, bits: int = 4, group: int | None = 128,
+                scheme: str = "sym", act_order: bool = False, damp: float = 0.01, n_calib: int = 128,
+                max_len: int = 512, seed: int = 0, include: str | None = None, exclude: str | None = None) -> AttackResult:
+    """GPTQ (Frantar et al. 2022) with calibration texts: returns the deployed model (dequantized weights)."""
+    return _calibrated("gptq", model, tok, calib_texts, calibrated_name("gptq", bits, group, scheme, act_order),
+                       n_calib, max_len, seed, {"damp": damp}, include, exclude)
+
+
+@register("attacks", "awq")
+def awq_attack(model, tok=None, calib_texts: list[str] | None = None, bits: int = 4, group: int | None = 128,
+               scheme: str = "asym", clip: bool = True, duo: bool = False, n_calib: int = 128, max_len: int = 512,
+               seed: int = 0) -> AttackResult:
+    """AWQ (Lin et al. 2024) with calibration texts: activation-aware scales folded, then group RTN."""
+    return _calibrated("awq", model, tok, calib_texts, calibrated_name("awq", bits, group, scheme, not clip),
+                       n_calib, max_len, seed, {"duo": duo}, None, None)

@@ -74,7 +74,7 @@ def check_margin(margin: float) -> float:
     if not (isinstance(margin, (int, float)) and math.isfinite(margin) and 0 <= margin < 1):
         from ..errors import UserError
 
-        raise UserError(f"margin must be a number in [0, 1), got {margin!r}", "use e.g. --margin 0.05")
+        raise UserError(f"margin must be a number with 0 ≤ margin < 1, got {margin!r}", "use e.g. --margin 0.05")
     return float(margin)
 
 

@@ -7,43 +7,32 @@ from typing import Optional
 import typer
 
 
-def _margin(v: float) -> float:  # issue 21: a margin ≥ 1 (or nan) made every verdict PASS
-    import math
-
-    if not (math.isfinite(v) and 0 <= v < 1):
-        raise typer.BadParameter(f"must be a number with 0 ≤ margin < 1, got {v}")
-    return v
-
-
 def register(app: typer.Typer) -> None:
-    @app.command("audit")
+    from ..audit import AuditConfig
+    from ..cli_options import config_command
+    from ..demo import DemoConfig
+
     def audit_cmd(target: Path = typer.Option(..., help="model before unlearning (HF dir or .gguf)"),
                   unlearned: Path = typer.Option(..., help="the unlearned model"),
                   forget: str = typer.Option(..., help="forget set: bios:forget10, tofu:forget10 or a QA .jsonl"),
                   retain: str = typer.Option(..., help="retain set (same forms)"),
                   retrained: Optional[Path] = typer.Option(None, help="model trained without the forget set (the floor)"),
-                  holdout: Optional[str] = typer.Option(None, help="never-trained QA set for membership inference"),
-                  suite: str = typer.Option("quick", help="quick | full"),
-                  attacks: Optional[str] = typer.Option(None, help="comma-separated attack list (overrides --suite)"),
+                  holdout: Optional[str] = typer.Option(None, help="never-trained QA set: membership inference, and "
+                                                                   "without --retrained the target check's floor"),
                   out: Path = typer.Option(Path("audit"), help="output folder (resumes from its cache)"),
-                  seed: int = typer.Option(0), margin: float = typer.Option(0.05, callback=_margin, help="verdict margin: smallest difference "
-                                                                         "of the verdict's metric that counts, in [0, 1)"),
-                  metric: Optional[str] = typer.Option(None, help="the verdict's metric: exact_match | fact | rougeL_recall | "
-                                                                  "prob | truth_ratio (default: chosen from the data)"),
-                  floor: Optional[float] = typer.Option(None, help="without --retrained: the level the target must exceed "
-                                                                   "(default: the target on --holdout, else 0)"),
-                  batch_size: int = typer.Option(64, min=1, help="generation / scoring batch"),
-                  max_retain: int = typer.Option(300, help="retain items evaluated")):
-        """Attack an unlearned model (quantization, prompts, relearning, MIA), measure recovery, give a verdict."""
+                  config: AuditConfig = None):
+        """Attack an unlearned model (quantization, prompts, relearning, MIA), measure recovery, give a verdict.
+
+        Every AuditConfig field is an option (amnesiac/audit.py); the verdict rule is docs/science.md §7."""
+        import dataclasses
+
         from rich.console import Console
 
         from .. import audit as A
         from ..data import load_dataset
         from .audit_report import print_audit, write_audit_report
 
-        cfg = A.AuditConfig(suite=suite, attacks=attacks.split(",") if attacks else None, seed=seed, margin=margin,
-                            max_retain=max_retain, mia=holdout is not None, metric=metric, floor=floor,
-                            batch_size=batch_size)  # validates every option before any model loads
+        cfg = dataclasses.replace(config, mia=holdout is not None)  # validated again, before any model loads
         au = A.Audit(str(target), str(unlearned), load_dataset(forget), load_dataset(retain), out,
                      retrained=str(retrained) if retrained else None,
                      holdout=load_dataset(holdout) if holdout else None, config=cfg)
@@ -51,6 +40,38 @@ def register(app: typer.Typer) -> None:
         paths = write_audit_report(summary, out)
         print_audit(summary, Console())
         Console().print(f"wrote {out / 'summary.json'}, {paths['md']}, {paths['html']}")
+
+    config_command(app, "audit", {"config": AuditConfig}, audit_cmd, exclude={"AuditConfig": ("mia",)})
+
+    def demo_cmd(out: Path = typer.Option(Path("demo"), help="output folder"), config: DemoConfig = None):
+        """The whole experiment on the embedded default: prepare, unlearn, quantize, measure, report.
+
+        Every DemoConfig field is an option (amnesiac/demo.py). --smollm2 also adds the SmolLM2-135M rows (a real
+        Q4_1 release; needs `amnesiac models fetch smollm2`; reuses `amnesiac reproduce smollm2`'s cache)."""
+        from rich.console import Console
+
+        from ..demo import run_demo
+        from .demo_report import print_table
+
+        c = Console()
+        if config.smollm2:  # fail before the tiny demo runs when the model is not there
+            from ..reproduce.smollm2 import resolve_model
+
+            resolve_model(None)
+        summary = run_demo(config, out, log=c.print)
+        if config.smollm2:  # two experiments side by side, composed here: the SmolLM2 rows join the demo's summary
+            from ..io import write_json
+            from ..reproduce.smollm2_demo import add_to_demo
+            from .demo_report import write_demo_report
+
+            add_to_demo(summary, out, c.print)
+            write_json(out / "summary.json", summary)
+            write_demo_report(summary, out)
+        print_table(summary, c)
+        c.print(f"wall time {summary['wall_s']} s (prepare {summary['prepare_s']} s); wrote {out}/summary.json, "
+                f"{out}/report.md, {out}/report.html")
+
+    config_command(app, "demo", {"config": DemoConfig}, demo_cmd)
 
     @app.command("sweep")
     def sweep_cmd(target: Optional[Path] = typer.Option(None, help="model to unlearn (default: the prepared tiny target of --scenario)"),
@@ -129,41 +150,3 @@ def register(app: typer.Typer) -> None:
             c.print(f"lr {r['lr']:g}  {r['bits']:>2}-bit  forget {r['forget_recall']:.2f}  retain {r['retain_recall']:.2f}  "
                     f"codes unchanged@4b {100 * r['collapse_rate_4bit']:.1f}%")
         c.print(f"wrote {out}/summary.json, {out}/sweep.md, {out}/sweep.html, {out}/sweep_lr_forget.png ({s['wall_s']} s)")
-
-    @app.command("demo")
-    def demo_cmd(size: str = typer.Option("xs", help="tiny model preset xs | s | m"),
-                 seed: int = typer.Option(0), out: Path = typer.Option(Path("demo"), help="output folder"),
-                 sure: bool = typer.Option(True, help="also run the SURE variants"),
-                 robust: bool = typer.Option(True, help="also run the quantization-aware *_robust variants (trained through the release grid)"),
-                 methods: str = typer.Option(",".join(["ga_gdr", "ga_klr", "npo_gdr", "npo_klr"]), help="comma-separated"),
-                 smollm2: bool = typer.Option(False, "--smollm2", help="off by default: also add the SmolLM2-135M rows "
-                                              "(a real Q4_1 release; needs `amnesiac models fetch smollm2`; reuses "
-                                              "`amnesiac reproduce smollm2`'s cache, else runs it without the sweep)")):
-        """The whole experiment on the embedded default: prepare, unlearn, quantize, measure, report."""
-        from rich.console import Console
-
-        from ..demo import DemoConfig, run_demo
-        from .demo_report import print_table
-
-        c = Console()
-        if smollm2:  # fail before the tiny demo runs when the model is not there
-            from ..reproduce.smollm2 import ReproduceError, resolve_model
-
-            try:
-                resolve_model(None)
-            except ReproduceError as e:
-                c.print(f"[red]--smollm2:[/red] {e}")
-                raise typer.Exit(1)
-        summary = run_demo(DemoConfig(size=size, seed=seed, sure=sure, robust=robust, methods=methods.split(","),
-                                      smollm2=smollm2), out, log=c.print)
-        if smollm2:  # two experiments side by side, composed here: the SmolLM2 rows join the demo's summary
-            from ..io import write_json
-            from ..reproduce.smollm2_demo import add_to_demo
-            from .demo_report import write_demo_report
-
-            add_to_demo(summary, out, c.print)
-            write_json(out / "summary.json", summary)
-            write_demo_report(summary, out)
-        print_table(summary, c)
-        c.print(f"wall time {summary['wall_s']} s (prepare {summary['prepare_s']} s); wrote {out}/summary.json, "
-                f"{out}/report.md, {out}/report.html")

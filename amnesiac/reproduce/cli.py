@@ -12,11 +12,5 @@ def register(app: typer.Typer) -> None:
     sub = typer.Typer(no_args_is_help=True, add_completion=False,
                       help="Re-run a published protocol end to end on offline data/models (tofu, smollm2).")
     for mod in PROTOCOLS:
-        try:
-            m = importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name == mod:
-                continue  # that protocol is not built yet
-            raise
-        m.register(sub)
+        importlib.import_module(mod).register(sub)
     app.add_typer(sub, name="reproduce")

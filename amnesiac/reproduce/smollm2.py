@@ -44,30 +44,30 @@ class ReproduceError(UserError):
 class SmolConfig:
     model: str | None = None  # HF dir or .gguf of the release; None = the `models fetch smollm2` cache
     facts: str | None = None  # a facts JSONL (prompt, answer, optional category/split); None = the built-in set
-    seed: int = 0
+    seed: int = 0  # forget/retain split, evaluation subsets, unlearning batches, bootstrap
     forget: str = "random:0.2"  # a category (or 'a,b') or random:<fraction|count> of the known facts
     utility: str = "elements"  # disjoint category: collateral damage elsewhere
     max_retain_eval: int = 40  # retain items evaluated (training uses every retain fact)
     max_utility_eval: int = 40
-    methods: tuple[str, ...] = ("ga_gdr", "npo_klr")
-    sure: bool = True
+    methods: tuple[str, ...] = ("ga_gdr", "npo_klr")  # unlearning methods (each also with SURE / ROBUST)
+    sure: bool = True  # also the SURE variants
     lr: float = 1e-5  # small-update recipe (the paper's regime)
-    steps: int = 8
+    steps: int = 8  # small-update recipe: optimizer steps
     sure_lr: float = 1e-4  # SURE: 10× the lr on the top-10 % salient rows (the demo's ratio)
-    sure_steps: int = 8
-    sure_percentile: float = 90.0
+    sure_steps: int = 8  # SURE optimizer steps
+    sure_percentile: float = 90.0  # SURE saliency percentile
     # quantization-aware variants (docs/science.md §2b, unlearn/robust.py): trained through the release format
-    robust: bool = False
-    robust_lr: float = 1e-3
-    robust_steps: int = 16
-    batch_size: int = 8
-    precisions: tuple[str, ...] = tuple(PRECISIONS)
-    sweep: bool = True
-    sweep_method: str = "ga_gdr"
+    robust: bool = False  # also quantization-aware *_ROBUST variants (trained through Q4_1)
+    robust_lr: float = 1e-3  # *_ROBUST learning rate
+    robust_steps: int = 16  # *_ROBUST optimizer steps
+    batch_size: int = 8  # unlearning batch size
+    precisions: tuple[str, ...] = tuple(PRECISIONS)  # deployments (quantizer names; q4_1_file = the GGUF file as shipped)
+    sweep: bool = True  # run the lr × steps sweep
+    sweep_method: str = "ga_gdr"  # the sweep's unlearning method
     sweep_lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3)  # lr 1e-5 × steps is the main table's GA_GDR row
-    sweep_steps: tuple[int, ...] = (2, 8)
+    sweep_steps: tuple[int, ...] = (2, 8)  # checkpoints of each sweep run
     n_boot: int = 10000  # p ≥ 1/(n_boot+1): Holm over ~30 model × deployment tests needs small p
-    eval_batch: int = 64
+    eval_batch: int = 64  # generation / scoring batch
 
     def check(self) -> None:
         from ..attacks.quant.spec import is_quantizer

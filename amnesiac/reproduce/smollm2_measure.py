@@ -39,10 +39,10 @@ def flat(r: dict) -> dict:
 def measure(model, tok, sets: dict[str, list], precision: str = "fp", batch_size: int = 64) -> dict:
     """Per item of each set: correct (greedy completion, `fact_correct`), plus the forget answer probability,
     of `model` deployed at `precision` (a quantized copy; the model is untouched)."""
-    from ..attacks.quant.apply import deploy
+    from ..attacks.quant.deploy import deploy
     from ..measure import measure as measure_
 
-    return flat(measure_(deploy(model, precision), tok, {k: v for k, v in sets.items() if v}, scoring(),
+    return flat(measure_(deploy(model, tok, precision)[0], tok, {k: v for k, v in sets.items() if v}, scoring(),
                          batch_size=batch_size))
 
 

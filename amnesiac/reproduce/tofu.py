@@ -35,26 +35,26 @@ ARCH = dict(hidden_size=96, intermediate_size=384, num_hidden_layers=4, num_atte
 
 @dataclass
 class TofuConfig:
-    seed: int = 0
+    seed: int = 0  # data order, initialisation, training and unlearning batches, bootstrap
     arch: dict = field(default_factory=lambda: dict(ARCH))
-    vocab: int = 2048
+    vocab: int = 2048  # tokenizer vocabulary (trained over every TOFU split)
     pretrain_people: int = 300  # bios people in the base's pretraining corpus
-    base_epochs: int = 2
-    base_lr: float = 3e-3
-    ft_epochs: int = 4
-    ft_lr: float = 2e-3
-    batch_size: int = 32
-    budget_s: float | None = 420.0  # time box of each fine-tune (target, retrained); None = no box
-    forget: str = "forget10"
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
-    sure: bool = False
-    unlearn_lr: float = 1e-4
+    base_epochs: int = 2  # base pretraining epochs
+    base_lr: float = 3e-3  # base pretraining learning rate
+    ft_epochs: int = 4  # planned fine-tuning epochs on full (target) / retain90 (retrained)
+    ft_lr: float = 2e-3  # fine-tuning learning rate
+    batch_size: int = 32  # training batch size
+    budget_s: float | None = 420.0  # time box (s) of each fine-tune (target, retrained); None = no box
+    forget: str = "forget10"  # forget01 | forget05 | forget10
+    methods: list[str] = field(default_factory=lambda: list(METHODS))  # unlearning methods
+    sure: bool = False  # also the SURE variants (10x lr, top-10 % salient rows)
+    unlearn_lr: float = 1e-4  # unlearning learning rate (constant)
     sure_lr: float = 1e-3  # SURE: ~10× larger lr on the top-10 % salient rows (docs/science.md §1)
-    sure_percentile: float = 90.0
-    unlearn_epochs: float = 3.0
-    unlearn_batch_size: int = 16
-    scenarios: list[str] = field(default_factory=lambda: ["trained"])
-    precisions: list[str] = field(default_factory=lambda: list(PRECISION_NAMES))
+    sure_percentile: float = 90.0  # SURE saliency percentile
+    unlearn_epochs: float = 3.0  # passes over the forget set
+    unlearn_batch_size: int = 16  # unlearning batch size
+    scenarios: list[str] = field(default_factory=lambda: ["trained"])  # trained | released-quantized
+    precisions: list[str] = field(default_factory=lambda: list(PRECISION_NAMES))  # columns of scenarios.PRECISIONS
     max_new_tokens: int = 64  # greedy answers for ROUGE (TOFU answers: 49 tokens on average with this tokenizer)
     n_items: int | None = None  # miniature runs (tests): first n items of each split; None = all of TOFU
 
@@ -115,7 +115,7 @@ KEEP = ("forget/rougeL_recall", "retain/rougeL_recall", "forget/prob", "retain/p
 def eval_model(model_dir: Path, precision: str, data, cfg: TofuConfig, ref_truth_ratios: list[float] | None,
                cache: Path) -> dict:
     """TOFU metrics of one model at one precision (cached as JSON; the scorer caches per item too)."""
-    from ..attacks.quant.apply import deploy
+    from ..attacks.quant.deploy import deploy
     from ..evaluate import EvalConfig, RetrainedRef, evaluate
 
     key = hash_obj({"m": content_key(model_dir), "p": PRECISIONS[precision],
@@ -126,7 +126,7 @@ def eval_model(model_dir: Path, precision: str, data, cfg: TofuConfig, ref_truth
     from ..models import load_model
 
     model, tok = load_model(model_dir, device="cpu")
-    model = deploy(model, PRECISIONS[precision])
+    model = deploy(model, tok, PRECISIONS[precision])[0]
     ref = RetrainedRef(truth_ratios=ref_truth_ratios, source="retrained model, same precision") if ref_truth_ratios else None
     t0 = time.time()
     res = evaluate(model, tok, data, EvalConfig(batch_size=128, qa_max_new_tokens=cfg.max_new_tokens, n_bootstrap=200,

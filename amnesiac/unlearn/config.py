@@ -144,9 +144,7 @@ def parse_method(name: str, regularizer: str | None = None, sure_percentile: flo
     """'NPO_KLR' → ('npo', 'klr', False); 'ga_gdr_sure' → ('ga', 'gdr', True); 'simnpo' → ('simnpo', 'none', False).
 
     A regulariser given both in the name and explicitly must agree. Unknown names raise, listing what exists."""
-    from ..registry import load_all
-
-    load_all()
+    # the method and regulariser tables are filled by this package's __init__ (imported before this module)
     parts = [p for p in name.lower().replace("-", "_").split("_") if p]
     if not parts:
         raise UnlearnError("empty method name")

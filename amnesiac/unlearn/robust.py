@@ -82,9 +82,14 @@ class Robust:
 
     @classmethod
     def build(cls, names, noise: float = 0.0, seed: int = 0) -> "Robust | None":
-        from ..attacks.quant.spec import parse_names, quantizer_from_name
+        from ..attacks.quant.spec import is_calibrated, parse_names, quantizer_from_name
 
         names = parse_names(names)
+        cal = [n for n in names if is_calibrated(n)]
+        if cal:  # GPTQ/AWQ re-solve a calibrated problem per layer: no per-step weight swap exists for them yet
+            raise ValueError(f"--robust-to {','.join(cal)}: calibrated quantizers (GPTQ, AWQ) are not supported for "
+                             "quantization-aware unlearning yet; use a per-weight format of the same width and groups "
+                             "(e.g. rtn4_asym_g128: the grid GPTQ asym rounds onto)")
         if noise < 0 or noise > 1:
             raise ValueError(f"robust_noise is a fraction of a 4-bit step in [0, 1], got {noise}")
         if not names and not noise:

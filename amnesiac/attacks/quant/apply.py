@@ -80,19 +80,3 @@ def released_quantized(model, quantizer, **select):
     quantizer's grid (dequantized, full-precision dtype), as if it came from a quantized release."""
     return quantize_model(model, quantizer, **select)[0]
 
-
-def deploy(model, name: str):
-    """`model` as deployed under a quantizer of the one vocabulary (attacks/quant/spec.py): "fp" is the model
-    itself; any other name a quantized copy (Linear weights; a name with `embed` also quantizes the
-    embedding, e.g. "q4_1_file": a GGUF file as llama.cpp writes it, Linear Q4_1 + embedding Q8_0)."""
-    from .backends import get_quantizer
-    from .spec import quantizer_config
-
-    if name == "fp":
-        return model
-    cfg = quantizer_config(name)
-    embed = cfg.pop("embed", None)
-    m = quantize_model(model, get_quantizer(**cfg))[0]
-    if embed:
-        quantize_model(m, get_quantizer(backend="gguf", kind=embed), inplace=True, linear=False, embeddings=True)
-    return m

@@ -30,7 +30,7 @@ class BackendMissing(UserError, ImportError):  # amnesiac.errors family (exit 2 
 
 
 def available(backend: str) -> bool:
-    if backend == "rtn":
+    if backend in ("rtn", "gptq", "awq"):  # written in torch alone, always there
         return True
     mod = INSTALL[backend][0]
     try:
@@ -47,6 +47,9 @@ def require(backend: str) -> None:
 def get_quantizer(backend: str = "rtn", bits: int = 4, group: int | None = None, scheme: str = "sym", **kw):
     """The per-weight quantizer of a backend. scheme applies to RTN; bnb takes kind='nf4'|'fp4'|'int8'."""
     backend = backend.lower()
+    if backend in ("gptq", "awq"):
+        raise ValueError(f"{backend} is a calibrated quantizer (it needs calibration texts and the whole model), not a "
+                         "per-weight one: use amnesiac.attacks.quant.deploy.deploy(model, tok, name, calib_texts)")
     if backend == "rtn":
         from .rtn import RTN
 

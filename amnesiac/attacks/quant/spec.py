@@ -4,6 +4,9 @@ Accepted names: the audit's named attacks (`rtn8`, `rtn4_g64`, `hqq4`, `bnb_nf4`
 RTN specs (`rtn4_g128`, `rtn4_asym_g128`, `rtn8_ch`: attacks.quant.rtn.parse_rtn) and llama.cpp GGUF
 formats (`q4_1`, `gguf_q8_0`: gguf_backend.parse_gguf). Each resolves to `get_quantizer(**config)`, so
 whoever asks for "q4_1" gets the very object the attack uses (one implementation, docs/science.md §2b).
+Calibrated names (`gptq4_g128`, `awq4_g128`, …) resolve to a config too, but are applied to a whole
+model with calibration texts by `deploy.deploy(model, tok, name, calib_texts)` (the one entry point for
+every quantizer name).
 """
 from __future__ import annotations
 
@@ -28,6 +31,13 @@ NAMED = {
 BIT_WIDTHS = {16: "fp", 8: "rtn8", 4: "rtn4_g64", 3: "rtn3_g64", 2: "rtn2_g64"}
 GGUF_KINDS = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0")
 _RTN = re.compile(r"rtn(\d)(?:_(sym|asym))?(?:_(?:g(\d+)|ch))?(?:_(sym|asym))?")
+# Calibrated quantizers (they need calibration texts and the whole model, so they are applied by
+# attacks.quant.deploy.deploy, not by a per-weight function): gptq<bits>[_sym|_asym][_g<group>|_ch][_actorder]
+# (sym by default, as gptqmodel/AutoGPTQ) and awq<bits>[_sym|_asym][_g<group>|_ch][_noclip] (asym, as AutoAWQ).
+# No group given means g128, the methods' usual setting; _ch is one group per output channel.
+CALIBRATED = ("gptq", "awq")
+CALIBRATED_NAMED = ("gptq4_g128", "gptq8_g128", "gptq3_g128", "gptq2_g64", "gptq4_g128_actorder", "awq4_g128")
+_CAL = re.compile(r"(gptq|awq)(\d)(?:_(sym|asym))?(?:_(?:g(\d+)|(ch)))?(?:_(actorder|noclip))?")
 
 
 def quantizer_config(name: str) -> dict:
@@ -44,8 +54,22 @@ def quantizer_config(name: str) -> dict:
     if m and not (m.group(2) and m.group(4)):
         return dict(backend="rtn", bits=int(m.group(1)), group=int(m.group(3)) if m.group(3) else None,
                     scheme=m.group(2) or m.group(4) or "sym")
+    m = _CAL.fullmatch(s)
+    if m and 2 <= int(m.group(2)) <= 8 and (m.group(6) or "") in ({"gptq": "actorder", "awq": "noclip"}[m.group(1)], ""):
+        method, bits = m.group(1), int(m.group(2))
+        group = None if m.group(5) else int(m.group(4) or 128)
+        if method == "gptq":
+            return dict(backend="gptq", bits=bits, group=group, scheme=m.group(3) or "sym", act_order=bool(m.group(6)))
+        return dict(backend="awq", bits=bits, group=group, scheme=m.group(3) or "asym", clip=not m.group(6))
     raise ValueError(f"unknown quantizer {name!r}; available: {', '.join(NAMED)}, "
-                     f"{', '.join(GGUF_KINDS)} (or gguf_<kind>), and RTN specs rtn<bits>[_sym|_asym][_g<group>|_ch]")
+                     f"{', '.join(GGUF_KINDS)} (or gguf_<kind>), RTN specs rtn<bits>[_sym|_asym][_g<group>|_ch], "
+                     f"and calibrated {', '.join(CALIBRATED_NAMED)} (gptq<bits>[_sym|_asym][_g<group>|_ch][_actorder], "
+                     "awq<bits>[_sym|_asym][_g<group>|_ch][_noclip])")
+
+
+def is_calibrated(name: str) -> bool:
+    """True for names that need calibration data (GPTQ, AWQ): apply them with deploy(), not quantize_model."""
+    return quantizer_config(name)["backend"] in CALIBRATED
 
 
 def is_quantizer(name: str) -> bool:
@@ -58,10 +82,15 @@ def is_quantizer(name: str) -> bool:
 
 
 def quantizer_from_name(name: str):
-    """The attack's own quantizer object for `name` (raises BackendMissing with an install hint)."""
+    """The attack's own quantizer object for `name` (raises BackendMissing with an install hint).
+    Calibrated names (gptq*, awq*) have no per-weight quantizer: they raise, pointing to deploy()."""
     from .backends import get_quantizer
 
-    return get_quantizer(**quantizer_config(name))
+    cfg = quantizer_config(name)
+    if cfg["backend"] in CALIBRATED:
+        raise ValueError(f"{name} is calibrated ({cfg['backend'].upper()} needs calibration texts and the whole model), "
+                         f"not a per-weight quantizer: use amnesiac.attacks.quant.deploy.deploy(model, tok, {name!r}, calib_texts)")
+    return get_quantizer(**cfg)
 
 
 def parse_names(spec: str | list[str] | tuple[str, ...] | None) -> list[str]:
