@@ -54,6 +54,10 @@ def resolve_dtype(dtype: str | None):
 
 
 def check_model_dir(path: str | Path) -> Path:
+    from .resolve import needs_resolving, resolve_model
+
+    if needs_resolving(path):  # a cached hub id or a PEFT adapter folder (models/resolve.py)
+        return resolve_model(path, trust_remote_code=None).path
     p = Path(path).expanduser()
     if not p.exists():
         raise ModelLoadError(f"{p}: no such model directory or file")
@@ -104,6 +108,10 @@ def model_context(model) -> int | None:
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
+    from .resolve import needs_resolving, resolve_model
+
+    if needs_resolving(path):  # a cached hub id or a PEFT adapter folder (models/resolve.py)
+        path = resolve_model(path, trust_remote_code=None).tokenizer_path
     p = Path(path)
     if p.suffix == ".gguf":
         tok = AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name)
@@ -119,7 +127,12 @@ def load_model(path: str | Path, device: str | None = "auto", dtype: str | None 
     """(model, tokenizer) in eval mode. `device_map="auto"` spreads a large model over GPUs (accelerate)."""
     from transformers import AutoModelForCausalLM
 
-    p = check_model_dir(path)
+    from .resolve import load_adapter, resolve_model
+
+    ref = resolve_model(path, trust_remote_code)  # folder, .gguf, cached hub id or adapter (models/resolve.py)
+    if ref.kind == "adapter":  # merged into its base: a plain model for measuring and quantizing
+        return load_adapter(ref, True, device, dtype, trust_remote_code, device_map)
+    p = check_model_dir(ref.path)
     kw = dict(dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code)
     if device_map:
         kw["device_map"] = device_map
