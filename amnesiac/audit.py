@@ -25,7 +25,8 @@ import numpy as np
 from .attacks.quant.spec import is_quantizer
 from .data.schema import QAItem, item_prompt, qa_answer
 from .errors import UserError
-from .io import content_key, hash_obj, read_json, versions, write_json, write_jsonl
+from .io import hash_obj, read_json, versions, write_json, write_jsonl
+from .models.resolve import model_content_key as content_key  # folders, .gguf, hub ids, adapters
 from .metrics.recovery import ALPHA, MARGIN, check_margin
 
 SUITES = {

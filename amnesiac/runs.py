@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Sequence
 
 from .data.schema import QAItem
-from .io import content_key, hash_obj, read_json, write_json
+from .io import hash_obj, read_json, write_json
+from .models.resolve import model_content_key as content_key  # folders, .gguf, hub ids, adapters
 
 MEASURE_VERSION = 1  # bump when measure() changes what it records
 

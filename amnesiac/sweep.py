@@ -16,7 +16,8 @@ import numpy as np
 
 from .attacks.quant.spec import BIT_WIDTHS as BITS  # bit width -> deployment name; 16 = full precision
 from .errors import UserError
-from .io import content_key, hash_obj, read_json, versions, write_json
+from .io import hash_obj, read_json, versions, write_json
+from .models.resolve import model_content_key as content_key  # folders, .gguf, hub ids, adapters
 from .runs import cached_measure, cached_unlearn, items_key
 
 

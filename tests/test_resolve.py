@@ -326,3 +326,21 @@ def _numbers(d, prefix=""):
     if isinstance(d, list):
         return {k: v for i, val in enumerate(d) for k, v in _numbers(val, f"{prefix}/{i}").items()}
     return {prefix: float(d)} if isinstance(d, (int, float)) and not isinstance(d, bool) else {}
+
+
+def test_unlearn_and_audit_take_hub_ids_and_adapters(tmp_path, cache, base, base_dir, tok, qa_people):
+    """unlearn on an adapter reports the real weight change (it once read the adapter's own tensors: 0), and
+    the audit keys a hub id by its cached snapshot's content."""
+    from amnesiac.audit import Audit, AuditConfig
+    from amnesiac.models.resolve import model_content_key
+    from amnesiac.unlearn import unlearn
+
+    ad = make_adapter(base, tmp_path / "adapter", str(base_dir))
+    r = unlearn(str(ad), qa_people["forget"], qa_people["retain"][:8], out=tmp_path / "u", method="ga", lr=1e-2,
+                max_steps=2, batch_size=4, progress=False, device="cpu")
+    assert r.info["drift"]["mean_abs_dw"] > 0
+    put_in_cache(cache, "acme/tiny", base_dir)
+    assert model_content_key("acme/tiny") == model_content_key(base_dir)
+    s = Audit("acme/tiny", str(tmp_path / "u"), qa_people["forget"], qa_people["retain"][:8], tmp_path / "a",
+              config=AuditConfig(attacks=["fp"], n_boot=200)).run()
+    assert s["model_keys"]["target"] == model_content_key(base_dir)

@@ -71,8 +71,13 @@ def _claim_out(out: Path, inputs: list, resume: bool, overwrite: bool):
 
 
 def _snapshot(model, source: Path | None) -> Callable[[], dict[str, torch.Tensor]]:
-    """How to get θ_t back at the end for |Δw|: stream it from the source safetensors, else a CPU copy now."""
-    files = sorted(source.glob("*.safetensors")) if source is not None and source.is_dir() else []
+    """How to get θ_t back at the end for |Δw|: stream it from the source safetensors when they are exactly the
+    loaded weights (a folder, a hub snapshot), else a CPU copy now (a dequantized .gguf; an adapter, whose
+    files hold only the adapter's tensors, under names that are not the merged model's)."""
+    from ..models.resolve import weights_dir
+
+    wdir = weights_dir(source) if source is not None else None
+    files = sorted(Path(wdir).glob("*.safetensors")) if wdir is not None else []
     if files:
         def load():
             from safetensors import safe_open

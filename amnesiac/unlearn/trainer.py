@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 
 from ..errors import AmnesiacError
-from ..io import content_key, read_json, write_json
+from ..io import read_json, write_json
 from ..models.train import lr_at
 from . import distributed
 from . import sure as sure_mod
@@ -325,7 +325,9 @@ def check_resume(out: Path, config_hash: str, identity: dict) -> None:
 def model_key(model) -> str:
     """What the model is (content, not path): io.content_key of a folder; of an in-memory model, its tensors."""
     if isinstance(model, (str, os.PathLike)):
-        return content_key(model)
+        from ..models.resolve import model_content_key
+
+        return model_content_key(model)  # a folder, .gguf, hub id or adapter: what it is, not where
     import hashlib
 
     h = hashlib.sha256()
