@@ -21,7 +21,7 @@ from .metrics import memorization, mia, muse, tofu
 from .metrics.base import MetricResult, mean
 from .metrics.runner import Runner
 from .metrics.stats import bootstrap_ci
-from .metrics.text import exact_match, rouge_tofu
+from .metrics.text import rouge_tofu
 
 QA_SETS = ("forget", "retain", "holdout", "real_authors", "world_facts")
 NORMALIZED_PROB_SETS = ("real_authors", "world_facts")  # §5: options-normalised probability
@@ -96,26 +96,19 @@ def _mr(name, per, hib, cfg, meta=None, value=None) -> MetricResult:
 
 
 def _qa_scores(run: Runner, items: list[QAItem], cfg: EvalConfig, name: str) -> dict[str, Any]:
-    """One pass per kind of pair for a QA set: answers (with Min-K %++ stats and argmax: probability,
-    memorisation, MIA), paraphrased answers and perturbed answers (truth ratio), options (normalised prob)."""
-    prompts = [item_prompt(it, cfg.template) for it in items]
-    ans = run.score(prompts, [qa_answer(it.answer) for it in items], True, True, f"{name}: answers")
-    # TOFU scores paraphrased answers for forget/retain, the answer itself for real authors / world facts.
-    base_text = [it.paraphrased_answer or it.answer for it in items]
-    out: dict[str, Any] = {"prompts": prompts, "ans": ans}
-    has_pert = all(it.perturbed_answers for it in items)
-    if has_pert:
-        para = run.score(prompts, [qa_answer(b) for b in base_text], desc=f"{name}: paraphrased")
-        flat_p = [p for it, p in zip(items, prompts) for _ in it.perturbed_answers]
-        flat_c = [qa_answer(a) for it in items for a in it.perturbed_answers]
-        flat = run.score(flat_p, flat_c, desc=f"{name}: perturbed")
-        pert, i = [], 0
-        for it in items:
-            pert.append([r["lp"].mean() for r in flat[i: i + len(it.perturbed_answers)]])
-            i += len(it.perturbed_answers)
-        out["para_mean"] = [r["lp"].mean() for r in para]
-        out["pert_mean"] = pert
+    """A QA set through the one measuring layer (measure.measure, sharing this model's Runner): greedy answers,
+    exact match, ROUGE-L, probability, truth ratios, and the raw answer scores (Min-K %++ statistics and
+    argmax for memorisation and MIA); plus the options of real authors / world facts (normalised probability)."""
+    from .measure import Scoring, measure
+
+    m = measure(run.model, run.tok, {name: items}, Scoring("exact_match", "the eval verb reports every metric"),
+                template=cfg.template, runner=run, raw=True, max_new_tokens=cfg.qa_max_new_tokens,
+                with_outputs=(name,))[name]
+    out: dict[str, Any] = {"prompts": m["_prompts"], "ans": m["_answers"], "gen": m["outputs"], "m": m}
+    if "_R" in m:
+        out["R"] = np.asarray(m["_R"])
     if name in NORMALIZED_PROB_SETS:
+        prompts = m["_prompts"]
         wrong = [it.perturbed_answers or [o for o in it.options if o != it.answer] for it in items]
         if all(wrong):
             flat = run.score([p for p, w in zip(prompts, wrong) for _ in w], [qa_answer(o) for w in wrong for o in w],
@@ -124,19 +117,17 @@ def _qa_scores(run: Runner, items: list[QAItem], cfg: EvalConfig, name: str) -> 
             for w in wrong:
                 out["wrong_mean"].append([r["lp"].mean() for r in flat[i: i + len(w)]])
                 i += len(w)
-    max_new = cfg.qa_max_new_tokens or min(200, max(len(r["ids"]) for r in ans) + 16)
-    out["gen"] = run.generate(prompts, max_new, ["\n"], desc=f"{name}: generating")
     return out
 
 
 def _qa_metrics(name: str, items: list[QAItem], s: dict, cfg: EvalConfig) -> dict[str, MetricResult]:
     hib = name != "forget"  # knowledge on F should fall; everywhere else it should stay
     res: dict[str, MetricResult] = {}
-    gen = s["gen"]
-    res["exact_match"] = _mr(f"{name}/exact_match", [exact_match(o, it.answer) for o, it in zip(gen, items)], hib, cfg,
+    gen, m = s["gen"], s["m"]
+    res["exact_match"] = _mr(f"{name}/exact_match", m["exact_match"], hib, cfg,
                              {"section": "docs/science.md §5 exact-match recall", "outputs": gen})
-    rg = [rouge_tofu(it.answer, o) for o, it in zip(gen, items)]
-    res["rougeL_recall"] = _mr(f"{name}/rougeL_recall", [r["rougeL_recall"] for r in rg], hib, cfg,
+    rg = [rouge_tofu(it.answer, o) for o, it in zip(gen, items)]  # ROUGE-1 too (ROUGE-L is measure's, identical)
+    res["rougeL_recall"] = _mr(f"{name}/rougeL_recall", m["rougeL_recall"], hib, cfg,
                                {"rouge1_recall": mean(r["rouge1_recall"] for r in rg),
                                 "section": "docs/science.md §5 ROUGE-L recall (TOFU: stemmer, recall)"})
     ans_mean = [r["lp"].mean() for r in s["ans"]]
@@ -146,8 +137,8 @@ def _qa_metrics(name: str, items: list[QAItem], s: dict, cfg: EvalConfig) -> dic
     else:
         res["prob"] = _mr(f"{name}/prob", tofu.probability(ans_mean).tolist(), hib, cfg,
                           {"normalised": False, "section": "docs/science.md §5 probability P(a|q)^(1/|a|)"})
-    if "para_mean" in s:
-        R = tofu.truth_ratio(s["para_mean"], s["pert_mean"])
+    if "R" in s:
+        R = s["R"]
         fa, ra = tofu.truth_ratio_forget_agg(R), tofu.truth_ratio_retain_agg(R)
         # value: forget-side aggregate on F, retain-side elsewhere (TOFU's choice); per_example = R itself.
         res["truth_ratio"] = MetricResult(f"{name}/truth_ratio", fa if name == "forget" else ra, R.tolist(),
@@ -200,7 +191,7 @@ def retrained_reference(model, tok, data: EvalData, config: EvalConfig | None = 
     ref = RetrainedRef(source=f"model {run.model_hash}")
     if data.forget and all(it.perturbed_answers for it in data.forget):
         s = _qa_scores(run, data.forget, cfg, "forget")
-        ref.truth_ratios = tofu.truth_ratio(s["para_mean"], s["pert_mean"]).tolist()
+        ref.truth_ratios = s["R"].tolist()
     ref.privleak_auc = _privleak_auc(run, data, cfg)
     return ref
 

@@ -28,7 +28,7 @@ from .errors import UserError
 METRICS = ("exact_match", "fact", "rougeL_recall", "prob", "truth_ratio")
 SHORT_ANSWER_WORDS = 4  # median gold answer at most this many words → exact match is a fair test
 GEN_SLACK = 16  # new tokens beyond the longest gold answer (room for a preamble such as "He was born in")
-GEN_CAP = 256
+GEN_CAP = 200
 
 
 @dataclass(frozen=True)
@@ -50,13 +50,13 @@ def scoring_for(items: Sequence[QAItem], metric: str | None = None) -> Scoring:
     if not items:
         raise UserError("no items to score: the forget set is empty")
     completion = all(is_completion(it) for it in items)
-    has_tr = all(it.paraphrased_answer and it.perturbed_answers for it in items)
+    has_tr = all(it.perturbed_answers for it in items)
     med = float(np.median([_words(it.answer) for it in items]))
     if metric is not None:
         if metric not in METRICS:
             raise UserError(f"unknown metric {metric!r}; available: {', '.join(METRICS)}")
         if metric == "truth_ratio" and not has_tr:
-            raise UserError("metric 'truth_ratio' needs paraphrased_answer and perturbed_answer on every item; "
+            raise UserError("metric 'truth_ratio' needs perturbed_answer on every item; "
                              "available for this data: exact_match, fact, rougeL_recall, prob")
         return Scoring(metric, f"chosen by the user (--metric {metric}); median gold answer {med:g} words")
     if completion:
@@ -84,7 +84,7 @@ def _fact_need(tok, it: QAItem) -> int:
     return 2 + max(len(tok(" " + a, add_special_tokens=False)["input_ids"]) for a in accepted(it))
 
 
-def _generate(run, tok, items, prompts, scoring: Scoring, stops) -> list[str]:
+def _generate(run, tok, items, prompts, scoring: Scoring, stops, max_new_tokens: int | None = None) -> list[str]:
     if scoring.metric == "fact":  # items grouped by their own need (same batches as one call per need)
         need = [_fact_need(tok, it) for it in items]
         outs = [""] * len(items)
@@ -93,26 +93,32 @@ def _generate(run, tok, items, prompts, scoring: Scoring, stops) -> list[str]:
             for i, o in zip(idx, run.generate([prompts[i] for i in idx], n, list(stops or ()))):
                 outs[i] = o
         return outs
-    return run.generate(prompts, answer_budget(tok, items), list(stops if stops is not None else ("\n",)))
+    budget = max_new_tokens or answer_budget(tok, items)
+    return run.generate(prompts, budget, list(stops if stops is not None else ("\n",)))
 
 
 def measure(model, tok, sets: dict[str, Sequence[QAItem]], scoring: Scoring, *, batch_size: int = 32,
             template: str = QA_TEMPLATE, prompts: dict[str, list[str]] | None = None,
             stop_strings: dict[str, Sequence[str]] | None = None, with_outputs: Sequence[str] = ("forget",),
-            cache: bool = False) -> dict[str, dict[str, list]]:
+            cache: bool = False, runner=None, raw: bool = False,
+            max_new_tokens: int | None = None) -> dict[str, dict[str, list]]:
     """Per set, per metric, per item knowledge scores of `model` (as it is: attack it first).
 
     sets: name → items (e.g. {"forget": F, "retain": R}); empty sets are skipped.
     prompts / stop_strings: per-set overrides (prompt attacks: paraphrases, in-context, cloze).
     Returns {set: {"exact_match": [...], "rougeL_recall": [...], "prob": [...], ["fact"], ["truth_ratio"],
     ["outputs"]}}; the scoring's metric is always present. cache=True also keeps generations and scores
-    on disk per model fingerprint (metrics.runner), which an experiment with its own cache does not need."""
+    on disk per model fingerprint (metrics.runner), which an experiment with its own cache does not need.
+    runner: a metrics.runner.Runner to share (the eval verb scores more pairs of the same model through it);
+    raw=True adds "_prompts", "_answers" (per item {lp, ids, mu, sd, am}: Min-K%++ statistics and teacher-forced
+    argmax for memorisation and MIA) and "_R" (truth ratios R themselves) to each set's result.
+    max_new_tokens: overrides the data's generation budget (exact match / ROUGE scorings only)."""
     from .data.facts import fact_correct
     from .metrics import tofu
     from .metrics.runner import Runner
     from .metrics.text import exact_match, rouge_tofu
 
-    run = Runner(model, tok, batch_size, cache=cache, model_hash=None if cache else "-")
+    run = runner or Runner(model, tok, batch_size, cache=cache, model_hash=None if cache else "-")
     was = model.training
     model.eval()
     res: dict[str, dict[str, list]] = {}
@@ -124,17 +130,19 @@ def measure(model, tok, sets: dict[str, Sequence[QAItem]], scoring: Scoring, *, 
             ps = (prompts or {}).get(name) or [item_prompt(it, template) for it in items]
             if len(ps) != len(items):
                 raise ValueError(f"{len(ps)} prompts for {len(items)} items of set {name!r}")
-            outs = _generate(run, tok, items, ps, scoring, (stop_strings or {}).get(name))
+            outs = _generate(run, tok, items, ps, scoring, (stop_strings or {}).get(name), max_new_tokens)
             r: dict[str, list] = {
                 "exact_match": [exact_match(o, it.answer) for o, it in zip(outs, items)],
                 "rougeL_recall": [rouge_tofu(it.answer, o)["rougeL_recall"] for o, it in zip(outs, items)],
             }
             if scoring.metric == "fact" or all(is_completion(it) for it in items):
                 r["fact"] = [float(fact_correct(o, it)) for o, it in zip(outs, items)]
-            ans = run.score(ps, [qa_answer(it.answer) for it in items])
+            ans = run.score(ps, [qa_answer(it.answer) for it in items], raw, raw)
             r["prob"] = np.exp([a["lp"].mean() for a in ans]).round(6).tolist()
-            if all(it.paraphrased_answer and it.perturbed_answers for it in items):
-                para = run.score(ps, [qa_answer(it.paraphrased_answer) for it in items])
+            if all(it.perturbed_answers for it in items):
+                # TOFU: the paraphrased answer against the perturbed ones; sets without paraphrases (real authors,
+                # world facts) use the answer itself
+                para = run.score(ps, [qa_answer(it.paraphrased_answer or it.answer) for it in items])
                 flat = run.score([p for p, it in zip(ps, items) for _ in it.perturbed_answers],
                                  [qa_answer(a) for it in items for a in it.perturbed_answers])
                 pert, i = [], 0
@@ -143,10 +151,14 @@ def measure(model, tok, sets: dict[str, Sequence[QAItem]], scoring: Scoring, *, 
                     i += len(it.perturbed_answers)
                 R = tofu.truth_ratio([x["lp"].mean() for x in para], pert)
                 r["truth_ratio"] = np.maximum(0.0, 1.0 - R).round(6).tolist()
+                if raw:
+                    r["_R"] = R.tolist()
             if scoring.metric not in r:
                 raise ValueError(f"metric {scoring.metric!r} does not apply to set {name!r}")
             if name in with_outputs:
                 r["outputs"] = outs
+            if raw:
+                r["_prompts"], r["_answers"] = ps, ans
             res[name] = r
     finally:
         model.train(was)
