@@ -27,6 +27,18 @@ def items_key(items: Sequence) -> str:
     return hash_obj([it.to_json() if hasattr(it, "to_json") else it for it in items])
 
 
+def sweep_recipe(cfg, lr: float) -> dict:
+    """unlearn() options of a sweep point: constant lr, a fixed step budget (no early stop), the config's method,
+    batch, seed, and its SURE percentile / quantization-aware formats when set (SweepConfig, OffsetSweepConfig)."""
+    opts = dict(method=cfg.method, lr=lr, max_steps=cfg.max_steps, schedule="constant", batch_size=cfg.batch_size,
+                seed=cfg.seed)
+    if cfg.sure_percentile is not None:
+        opts["sure_percentile"] = cfg.sure_percentile
+    if cfg.robust_to:
+        opts["robust_to"] = cfg.robust_to
+    return opts
+
+
 def cached_unlearn(target: str | Path, forget: Sequence[QAItem], retain: Sequence[QAItem] | None, recipe: dict,
                    root: str | Path, tag: str = "", log=print) -> Path:
     """Unlearn `forget` from the model at `target` with `recipe` (unlearn() keyword options), once.

@@ -18,7 +18,7 @@ from .attacks.quant.spec import BIT_WIDTHS as BITS  # bit width -> deployment na
 from .errors import UserError
 from .io import hash_obj, read_json, versions, write_json
 from .models.resolve import model_content_key as content_key  # folders, .gguf, hub ids, adapters
-from .runs import cached_measure, cached_unlearn, items_key
+from .runs import cached_measure, cached_unlearn, items_key, sweep_recipe
 
 
 
@@ -55,7 +55,7 @@ def run_sweep(target: str | Path, forget, retain, out: str | Path, cfg: SweepCon
     cfg = cfg or SweepConfig()
     cfg.check()
     if not forget:
-        raise ValueError("the forget set is empty")
+        raise UserError("the forget set is empty", "give a --forget set with at least one item")
     out, target = Path(out), Path(target)
     t0 = time.time()
     scoring = scoring_for(forget)
@@ -65,13 +65,7 @@ def run_sweep(target: str | Path, forget, retain, out: str | Path, cfg: SweepCon
     rows = []
     sets = {"forget": forget, "retain": retain}
     for lr in cfg.lrs:
-        opts = dict(method=cfg.method, lr=lr, max_steps=cfg.max_steps, schedule="constant",
-                    batch_size=cfg.batch_size, seed=cfg.seed)
-        if cfg.sure_percentile is not None:
-            opts["sure_percentile"] = cfg.sure_percentile
-        if cfg.robust_to:
-            opts["robust_to"] = cfg.robust_to
-        # keyed by the target's content, the data and the recipe: another forget set never reuses these models
+        opts = sweep_recipe(cfg, lr)
         udir = cached_unlearn(target, forget, retain, opts, out / "models", tag=f"lr{lr:g}",
                               log=lambda m: log(f"[sweep] {m}"))
         held: list = []

@@ -34,7 +34,7 @@ import torch
 from .attacks.quant.spec import BIT_WIDTHS as BITS  # bit width -> deployment name; 4 = the release grid
 from .errors import UserError
 from .io import content_key, hash_obj, read_json, versions, write_json
-from .runs import cached_measure, cached_unlearn
+from .runs import cached_measure, cached_unlearn, sweep_recipe
 
 RELEASE_GRID = BITS[4]
 
@@ -168,7 +168,7 @@ def run_offset_sweep(target: str | Path, forget, retain, out: str | Path, cfg: O
     cfg = cfg or OffsetSweepConfig()
     cfg.check()
     if not forget:
-        raise ValueError("the forget set is empty")
+        raise UserError("the forget set is empty", "give a --forget set with at least one item")
     out, target = Path(out), Path(target)
     t0 = time.time()
     scoring = scoring_for(forget)
@@ -176,12 +176,7 @@ def run_offset_sweep(target: str | Path, forget, retain, out: str | Path, cfg: O
     rows = []
     for o in cfg.offsets:
         tdir = build_offset_target(target, o, cfg.seed, out, log)
-        opts = dict(method=cfg.method, lr=cfg.lr, max_steps=cfg.max_steps, schedule="constant",
-                    batch_size=cfg.batch_size, seed=cfg.seed)
-        if cfg.sure_percentile is not None:
-            opts["sure_percentile"] = cfg.sure_percentile
-        if cfg.robust_to:
-            opts["robust_to"] = cfg.robust_to
+        opts = sweep_recipe(cfg, cfg.lr)
         udir = cached_unlearn(tdir, forget, retain, opts, out / "models", tag=f"offset{o:g}",
                               log=lambda m: log(f"[sweep] {m}"))
         ev_t = _recalls(tdir, forget, retain, cfg.bits, scoring, out / "cache")
