@@ -54,6 +54,9 @@ class AuditConfig:
     relearn_steps: int = 20  # relearning attack: optimizer steps on half of the forget set
     relearn_lr: float = 1e-3  # relearning attack: learning rate
     mia: bool = False  # membership inference on forget vs holdout (the CLI sets it when --holdout is given)
+    utility: list[str] | None = None  # lm-evaluation-harness tasks run under every model attack (e.g. mmlu,triviaqa)
+    utility_limit: float | None = None  # documents per utility task (an int, or a fraction): a quick look
+    utility_task_dirs: str | None = None  # folders of extra task YAMLs (comma-separated), e.g. local tasks
 
     def __post_init__(self):
         check_margin(self.margin)
@@ -64,6 +67,10 @@ class AuditConfig:
         for name in ("n_boot", "max_retain", "batch_size", "relearn_steps"):
             if int(getattr(self, name)) < 1:
                 raise UserError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        if self.utility:
+            from .metrics.utility import _lm_eval
+
+            _lm_eval()  # not installed: the install hint now, not after the first model has been measured
         if not (self.relearn_lr > 0 and np.isfinite(self.relearn_lr)):
             raise UserError(f"relearn_lr must be a positive finite number, got {self.relearn_lr}")
         if self.metric is not None:
@@ -230,7 +237,8 @@ class Audit:
         keys = {m: content_key(p) for m, p in models.items()}  # what each model *is* (a re-written path re-measures)
         data_key = hash_obj({"forget": [it.to_json() for it in self.forget], "retain": [it.to_json() for it in retain],
                              "scoring": scoring.to_json(), "seed": cfg.seed, "batch": cfg.batch_size,
-                             "relearn": [cfg.relearn_steps, cfg.relearn_lr], "v": 2})
+                             "relearn": [cfg.relearn_steps, cfg.relearn_lr], "v": 2,
+                          "utility": [cfg.utility, cfg.utility_limit, cfg.utility_task_dirs]})
         res: dict[str, dict] = {m: {} for m in models}
         costs: dict[str, dict] = {}
         from tqdm.auto import tqdm
@@ -270,7 +278,9 @@ class Audit:
                                floor=fl[f"forget_{metric}"] if fl else None,
                                u_fp=None if a == "fp" else np.asarray(res["unlearned"]["fp"][f"forget_{metric}"])[idx],
                                extra={"retain": float(np.mean(res["unlearned"][a][f"retain_{metric}"]))
-                                      if res["unlearned"][a].get(f"retain_{metric}") else None}))
+                                      if res["unlearned"][a].get(f"retain_{metric}") else None,
+                                      **({"utility": {t: u["value"] for t, u in res["unlearned"][a]["utility"].items()}}
+                                         if res["unlearned"][a].get("utility") else {})}))
         floor_value = cfg.floor
         if floor_value is None and not self.retrained and self.holdout:
             floor_value = self._holdout_floor(scoring)  # what the target scores on items it never saw
@@ -298,6 +308,18 @@ class Audit:
             for i, j in enumerate(r.get("item_index") or range(len(r[f"forget_{metric}"])))])
         return summary
 
+    def _utility(self, model, tok) -> dict:
+        """General utility of a model as attacked (lm-evaluation-harness), when asked for: {"utility": {task: value}}."""
+        cfg = self.config
+        if not cfg.utility:
+            return {}
+        from .metrics.utility import utility
+
+        dirs = [d for d in (cfg.utility_task_dirs or "").split(",") if d.strip()] or None
+        res = utility(model, tok, cfg.utility, limit=cfg.utility_limit, task_dirs=dirs, batch_size=cfg.batch_size)
+        return {"utility": {t: {"value": r.value, "metric": r.meta.get("metric"), "higher_is_better": r.higher_is_better}
+                            for t, r in res.items()}}
+
     def _holdout_floor(self, scoring) -> float:
         """The target's mean score on the held-out items (never trained on): the metric's baseline for a
         model that does not know the answers (ROUGE-L gives template words some credit)."""
@@ -324,7 +346,7 @@ class Audit:
         if attack == "fp" or is_quantizer(attack):
             # calibrated quantizers (GPTQ, AWQ) calibrate on the retain set: what a releaser would have at hand
             m = deploy(model, tok, attack, calib_texts_from_items(self.retain), seed=cfg.seed)[0]
-            return flatten(measure(m, tok, sets, scoring, batch_size=cfg.batch_size))
+            return {**flatten(measure(m, tok, sets, scoring, batch_size=cfg.batch_size)), **self._utility(m, tok)}
         if attack in PROMPT_ATTACKS:
             from .attacks.prompts import STOPS
 
@@ -343,7 +365,7 @@ class Audit:
             k = flatten(measure(r.model, tok, {"forget": [self.forget[i] for i in sel], "retain": retain}, scoring,
                                 batch_size=cfg.batch_size))
             k["item_index"] = sel
-            return k
+            return {**k, **self._utility(r.model, tok)}
         raise ValueError(f"unknown attack {attack!r}")
 
     def _collapse(self, attacks, models) -> dict:

@@ -126,3 +126,32 @@ def test_bad_input_and_missing_lm_eval(task_dir, trained_tiny, tok, monkeypatch)
     with pytest.raises(UserError, match="not installed") as e:
         utility(trained_tiny, tok, ["bios_mc"], task_dirs=d)
     assert INSTALL_HINT in str(e.value)
+
+
+def test_audit_rows_carry_a_utility_column(task_dir, trained_tiny, tok, qa_people, tmp_path):
+    """`audit --utility bios_mc`: every model attack's row gets the harness's number, equal to running the task
+    on that attacked model directly."""
+    import copy
+
+    from amnesiac.attacks.quant.deploy import deploy
+    from amnesiac.audit import Audit, AuditConfig
+    from amnesiac.models import save_model
+    from amnesiac.report.audit_report import recovery_table
+    from amnesiac.unlearn import unlearn
+
+    d, _ = task_dir
+    save_model(trained_tiny, tok, tmp_path / "t")
+    unlearn(copy.deepcopy(trained_tiny), qa_people["forget"], qa_people["retain"][:12], tokenizer=tok,
+            out=tmp_path / "u", method="ga", lr=3e-3, max_steps=3, batch_size=4, progress=False, device="cpu")
+    cfg = AuditConfig(attacks=["fp", "rtn4_g64"], n_boot=200, max_retain=10, utility=["bios_mc"],
+                      utility_task_dirs=str(d))
+    s = Audit(str(tmp_path / "t"), str(tmp_path / "u"), qa_people["forget"], qa_people["retain"][:12], tmp_path / "a",
+              config=cfg).run()
+    from amnesiac.models import load_model
+
+    u, utok = load_model(tmp_path / "u", device="cpu")
+    for r in s["recovery"]:
+        direct = utility(deploy(u, utok, r["attack"])[0], utok, ["bios_mc"], task_dirs=d, batch_size=4)["bios_mc"]
+        assert r["utility"]["bios_mc"] == pytest.approx(direct.value, abs=1e-12)
+    table = recovery_table(s)
+    assert "utility: bios_mc" in table[0] and len(table) == 3

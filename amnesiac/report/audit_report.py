@@ -19,14 +19,16 @@ def _f(x, fmt: str = ".3f") -> str:
 
 def recovery_table(summary: dict) -> list[list[str]]:
     m = summary["verdict"]["metric"]
-    head = ["attack", f"{m} (U)", "95% CI", "retain (U)", "retrained", "excess", "95% CI", "U at fp", "gain",
-            "95% CI", "recovery ratio", "Holm p", "significant"]
+    tasks = list(dict.fromkeys(t for r in summary["recovery"] for t in (r.get("utility") or {})))
+    head = ["attack", f"{m} (U)", "95% CI", "retain (U)", *[f"utility: {t}" for t in tasks], "retrained", "excess",
+            "95% CI", "U at fp", "gain", "95% CI", "recovery ratio", "Holm p", "significant"]
     rows = [head]
     for r in summary["recovery"]:
-        rows.append([r["attack"], _f(r["value"]), _ci(r.get("value_ci")), _f(r.get("retain")), _f(r.get("floor_value")),
-                     _f(r.get("excess"), "+.3f"), _ci(r.get("excess_ci")), _f(r.get("unlearned_fp")),
-                     _f(r.get("gain_over_fp"), "+.3f"), _ci(r.get("gain_ci")), _f(r.get("recovery_ratio"), ".2f"),
-                     _f(r.get("p_holm"), ".2g"), "yes" if r["significant"] else "no"])
+        util = [_f((r.get("utility") or {}).get(t)) for t in tasks]
+        rows.append([r["attack"], _f(r["value"]), _ci(r.get("value_ci")), _f(r.get("retain")), *util,
+                     _f(r.get("floor_value")), _f(r.get("excess"), "+.3f"), _ci(r.get("excess_ci")),
+                     _f(r.get("unlearned_fp")), _f(r.get("gain_over_fp"), "+.3f"), _ci(r.get("gain_ci")),
+                     _f(r.get("recovery_ratio"), ".2f"), _f(r.get("p_holm"), ".2g"), "yes" if r["significant"] else "no"])
     return rows
 
 
