@@ -164,7 +164,7 @@ def unlearn(model, forget, retain=None, *, tokenizer=None, out: str | os.PathLik
         check_model_dir(model)  # fail before touching OUT
     elif tokenizer is None:
         raise UnlearnError("pass tokenizer= with a model object (or give a model directory)")
-    ddp, rank_device = distributed.init(cfg.device)  # scale: joins the group under torchrun / accelerate launch
+    ddp, rank_device = distributed.init(cfg.device, cfg)  # scale: joins the group under torchrun / accelerate launch
     if out is not None and ddp.is_main:  # scale: rank 0 alone writes OUT
         _prepare_out(out, resume, overwrite)
     ddp.barrier()  # scale
@@ -221,6 +221,7 @@ def unlearn(model, forget, retain=None, *, tokenizer=None, out: str | os.PathLik
     if cfg.sure_percentile is not None:
         sal = sure_mod.saliency(ctx, method, params, cfg.batch_size)
         masks, sure_stats = sure_mod.build_masks(sal, cfg.sure_percentile, cfg.sure_scope)
+    params, masks = ddp.wrap(model, params, masks)  # scale: strategy fsdp shards the model here (fsdp.py)
 
     monitor = None
     if cfg.early_stop_recall is not None:
@@ -237,6 +238,7 @@ def unlearn(model, forget, retain=None, *, tokenizer=None, out: str | os.PathLik
 
     res = train(ctx, method, reg, params, out=out, sure_masks=masks, resume=resume, monitor=monitor,
                 callbacks=callbacks, config_hash=cfg.training_hash(), robust=robust)
+    model = ctx.model = ddp.unwrap(model)  # scale: FSDP → a new plain model with the gathered weights
 
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_disable()
