@@ -286,7 +286,7 @@ def quant_phase(a, dev: str) -> dict:
             torch.cuda.synchronize()
         dt = time.perf_counter() - t
         out[label] = {"s_per_billion_params": round(dt / params * 1e9, 3), "seconds": round(dt, 4)}
-    return {"params": params, "quantizers": out, "gptq": "not measured: no GPTQ backend in amnesiac's dependencies"}
+    return {"params": params, "quantizers": out, "gptq": "not measured by this script (GPTQ backends are not amnesiac dependencies)"}
 
 
 def main(argv=None) -> int:

@@ -9,4 +9,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
+"$PY" -c "import torch, transformers" 2>/dev/null || { echo "gpu_check: $PY cannot import torch and transformers; set PY=/path/to/the/project/venv/bin/python" >&2; exit 2; }
 exec timeout --signal=INT 540 "$PY" benchmarks/gpu_check.py "$@"

@@ -12,7 +12,8 @@ The slice (xs tiny Llama, 1.4 M parameters, as in the demo): tokenizer + model b
 base-model training (batch 32), one greedy QA evaluation (64 prompts, 32 new tokens, batch 32), one NPO_KLR
 unlearning run (`--unlearn-steps` steps, batch 8 + 8 retain).
 
-Run: python benchmarks/load_robustness.py [--train-steps 100] [--repeats 1] [--timeout-s 900]
+Run: python benchmarks/load_robustness.py [--train-steps 100] [--repeats 1] [--timeout-s 300]
+A run that times out counts as the timeout: its ratio is then a lower bound (reported as {"at_least": x}).
 """
 from __future__ import annotations
 
@@ -111,7 +112,7 @@ def main():
     ap.add_argument("--unlearn-steps", type=int, default=60)
     ap.add_argument("--repeats", type=int, default=1, help="runs per cell (the minimum is reported)")
     ap.add_argument("--busy-core", type=int, default=0, help="CPU the competing busy process is pinned to")
-    ap.add_argument("--timeout-s", type=float, default=900, help="give up on one run after this long")
+    ap.add_argument("--timeout-s", type=float, default=300, help="give up on one run after this long")
     ap.add_argument("--out", default=str(HERE / "results" / "load_robustness-cpu.json"))
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -152,14 +153,14 @@ def main():
                 busy.terminate()
                 busy.join()
 
-    def best(key):  # the fastest run of a cell (None if it timed out)
+    def best(key):  # the fastest run of a cell; (timeout, True) if every run timed out
         ts = [r["times"]["total_s"] for r in cells[key] if "times" in r]
-        return min(ts) if ts else None
+        return (min(ts), False) if ts else (a.timeout_s, True)
 
     ratios = {}
     for name in settings:
-        i, lo = best(f"{name}/idle"), best(f"{name}/loaded")
-        ratios[name] = round(lo / i, 3) if i and lo else None
+        (i, i_to), (lo, lo_to) = best(f"{name}/idle"), best(f"{name}/loaded")
+        ratios[name] = (None if i_to else {"at_least": round(lo / i, 1)} if lo_to else round(lo / i, 3))
     res = {"benchmark": "load_robustness", "slice": {"model": "xs tiny Llama", "train_steps": a.train_steps,
            "unlearn": f"npo_klr, {a.unlearn_steps} steps, batch 8", "eval": "64 QA prompts, 32 new tokens"},
            "busy_process": f"1 numpy thread, 256×256 matmul+tanh loop, pinned to CPU {a.busy_core}",

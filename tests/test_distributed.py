@@ -70,10 +70,10 @@ def test_every_registered_loss_declares_its_units():
 def test_launch_configurations_refused(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
-    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
-    with pytest.raises(UnlearnError, match="FSDP is not supported|with FSDP"):
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")  # FSDP is supported: tests/test_fsdp.py
+    with pytest.raises(UnlearnError, match="DeepSpeed is not supported"):
         init("cpu")
-    monkeypatch.delenv("ACCELERATE_USE_FSDP")
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
     with pytest.raises(UnlearnError, match="cuda:LOCAL_RANK"):
         init("cuda:1")
     monkeypatch.setenv("WORLD_SIZE", "1")

@@ -20,6 +20,9 @@ loss parts are averaged; rank 0 writes. What changes:
 - the final model: `unshard_model` all-gathers every weight into a new, plain (unsharded) model of the same class,
   which is what gets saved (safetensors) and returned; the sharded module passed in is left as it is.
 
+Limit: every rank loads the whole model first (and the reference / SURE saliency are computed unsharded), so
+the weights must fit one device; what is sharded is the training state (weights, grads, AdamW moments).
+
 Refused, with the reason (`check`): LoRA (adapters are ~0.5 % of the weights: FSDP would shard almost nothing
 worth sharding, and merging needs the full base weights), quantization-aware views (robust.py quantizes whole
 weight matrices in place; a rank holds row shards as DTensors), the 8-bit optimizer (bitsandbytes' kernels take
