@@ -135,17 +135,22 @@ def _killed_copy(src, dst):
 def test_fsdp_checkpoint_resumes_across_process_counts(target, tmp_path):  # noqa: F811
     paths = (str(target / "t"), str(target / "f.jsonl"), str(target / "r.jsonl"))
     unlearn(*paths, out=tmp_path / "one", **RESUME)  # uninterrupted, one process
-    # 2 processes (FSDP) write the checkpoint; 1 process resumes it
-    drv = DRIVER.replace("{RUNS}", repr({"run": RESUME}))
-    (tmp_path / "driver.py").write_text(drv)
-    _launch([str(tmp_path / "driver.py"), str(target), str(tmp_path / "two")], tmp_path)
+    # 2 processes (FSDP, through the CLI: `torchrun -m amnesiac.cli unlearn --strategy fsdp`) write the
+    # checkpoint; 1 process resumes it
+    _launch(["-m", "amnesiac.cli", "unlearn", "--strategy", "fsdp", "--model", paths[0], "--forget", paths[1],
+             "--retain", paths[2], "--method", "npo_klr", "--batch-size", "5", "--grad-accum", "2", "--lr", "1e-3",
+             "--max-steps", "4", "--device", "cpu", "--no-progress", "--checkpoint-every", "2", "--keep-checkpoint",
+             "--out", str(tmp_path / "two" / "run")], tmp_path)
+    info = json.loads((tmp_path / "two" / "run" / "unlearn.json").read_text())
+    assert info["distributed"]["strategy"].startswith("fsdp2") and info["config"]["strategy"] == "fsdp"
     _killed_copy(tmp_path / "two" / "run", tmp_path / "two_then_one")
     r = unlearn(*paths, out=tmp_path / "two_then_one", resume=True, **RESUME)
     assert r.info["resumed_from_step"] == 2
     _assert_same_run(tmp_path / "one", tmp_path / "two_then_one", target / "t", world=1)
     # 1 process writes the checkpoint; 2 processes (FSDP) resume it (full tensors sharded back)
     _killed_copy(tmp_path / "one", tmp_path / "one_then_two" / "run")
-    drv_resume = drv.replace("strategy=\"fsdp\",", "strategy=\"fsdp\", resume=True,")
+    drv_resume = DRIVER.replace("{RUNS}", repr({"run": RESUME})).replace("strategy=\"fsdp\",",
+                                                                         "strategy=\"fsdp\", resume=True,")
     (tmp_path / "driver_resume.py").write_text(drv_resume)
     _launch([str(tmp_path / "driver_resume.py"), str(target), str(tmp_path / "one_then_two")], tmp_path)
     info = json.loads((tmp_path / "one_then_two" / "run" / "unlearn.json").read_text())

@@ -128,7 +128,7 @@ def restore(params: dict, opt, full: dict, full_opt) -> None:
             p.copy_(distribute_tensor(full[n].to(p.device), p.device_mesh, p.placements))
             st = {}
             for k, v in full_opt.state.get(full[n], {}).items():
-                if torch.is_tensor(v) and not isinstance(v, DTensor) and tuple(v.shape) == tuple(p.shape):
+                if k != "step" and torch.is_tensor(v) and not isinstance(v, DTensor) and v.shape == p.shape:
                     v = distribute_tensor(v.to(p.device), p.device_mesh, p.placements)
                 st[k] = v  # AdamW's `step` stays a plain scalar tensor, as torch keeps it
             if st:
