@@ -67,10 +67,13 @@ torch.set_num_threads(1)
 from amnesiac.unlearn import unlearn
 base, out = sys.argv[1], sys.argv[2]
 for name, kw in {RUNS}.items():
-    r = unlearn(base + "/t", base + "/f.jsonl", base + "/r.jsonl", out=out + "/" + name, strategy="fsdp", **kw)
+    model = kw.pop("model", base + "/t")
+    r = unlearn(model, base + "/f.jsonl", base + "/r.jsonl", out=out + "/" + name, strategy="fsdp", **kw)
     assert r.info["distributed"]["strategy"].startswith("fsdp2"), r.info["distributed"]
     assert 0.4 < r.info["distributed"]["rank0_shard_fraction"] < 0.6  # rank 0 held about half the weights
     assert not any(type(p).__name__ == "DTensor" for p in r.model.parameters())  # a plain model comes back
+    if r.model.config.tie_word_embeddings:  # gathered once, tied again
+        assert r.model.lm_head.weight.data_ptr() == r.model.model.embed_tokens.weight.data_ptr()
 """
 RUNS = {
     # example-mean NPO + token-mean KLR, grad_accum 2, checkpoints gathered from shards
@@ -91,14 +94,28 @@ def _runs(extra: dict | None = None) -> dict:
 
 
 @pytest.mark.slow
-def test_fsdp_two_processes_equal_one(target, tmp_path):  # noqa: F811
+def test_fsdp_two_processes_equal_one(target, tok, tmp_path):  # noqa: F811
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from amnesiac.models import save_model
+
+    # tied input/output embeddings (SmolLM2, Gemma): one parameter under two names in FSDP's root unit
+    torch.manual_seed(4)
+    save_model(LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=4, max_position_embeddings=512, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id, tie_word_embeddings=True)), tok, tmp_path / "tied")
     runs = _runs()
+    runs["tied"] = {**COMMON, "method": "npo_klr", "batch_size": 5, "model": str(tmp_path / "tied")}
     (tmp_path / "driver.py").write_text(DRIVER.replace("{RUNS}", repr(runs)))
     for name, kw in runs.items():
-        unlearn(str(target / "t"), str(target / "f.jsonl"), str(target / "r.jsonl"), out=tmp_path / "one" / name, **kw)
+        kw = dict(kw)
+        unlearn(kw.pop("model", str(target / "t")), str(target / "f.jsonl"), str(target / "r.jsonl"),
+                out=tmp_path / "one" / name, **kw)
     _launch([str(tmp_path / "driver.py"), str(target), str(tmp_path / "two")], tmp_path)
     for name in runs:
-        _assert_same_run(tmp_path / "one" / name, tmp_path / "two" / name, target / "t")
+        _assert_same_run(tmp_path / "one" / name, tmp_path / "two" / name,
+                         tmp_path / "tied" if name == "tied" else target / "t")
     early = [json.loads((tmp_path / d / "npo_early" / "unlearn.json").read_text()) for d in ("one", "two")]
     assert [(i["steps"], i["stopped_early"]) for i in early] == [(2, True), (2, True)]
     # the gathered checkpoint is the full model's: same names and shapes as one process's, same values
