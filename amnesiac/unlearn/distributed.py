@@ -165,7 +165,7 @@ class Dist:
             return params, opt
         from . import fsdp
 
-        return fsdp.full_state(params, opt, gather)
+        return fsdp.full_state(params, opt, gather, keep=self.is_main or not gather)
 
     def restore(self, params: dict, opt, full: dict, full_opt) -> None:
         """After load_checkpoint into full_state(gather=False): FSDP → shard it back into params / opt."""

@@ -105,16 +105,25 @@ def _full(t):
     return t.full_tensor() if isinstance(t, DTensor) else t
 
 
-def full_state(params: dict, opt, gather: bool = True):
+def full_state(params: dict, opt, gather: bool = True, keep: bool = True):
     """(full parameters by name, an optimizer stand-in whose .state maps them to full AdamW states), what
     trainer.save_checkpoint / load_checkpoint take. gather=False: empty tensors of the full shapes, for loading.
-    Collective when gathering: every rank must call it, in the same order."""
+    Gathering is collective (every rank calls it, in the same order); one tensor at a time is all-gathered on the
+    device and moved to CPU memory, kept only where `keep` (the writing rank): a full checkpoint never sits on
+    a GPU. Elsewhere the result is empty."""
     full, state = {}, defaultdict(dict)
     with torch.no_grad():
         for n, p in params.items():
-            full[n] = _full(p.detach()) if gather else torch.empty(p.shape, dtype=p.dtype, device=p.device)
+            if not gather:
+                full[n] = torch.empty(p.shape, dtype=p.dtype)  # CPU: restore moves one tensor at a time
+                continue
+            t = _full(p.detach()).cpu()
+            if keep:
+                full[n] = t
             for k, v in opt.state.get(p, {}).items():
-                state[full[n]][k] = _full(v) if gather else v
+                v = _full(v).cpu() if torch.is_tensor(v) else v
+                if keep:
+                    state[t][k] = v
     return full, SimpleNamespace(state=state)
 
 
