@@ -116,6 +116,7 @@ def main():
     ap.add_argument("--busy-core", type=int, default=0, help="CPU the competing busy process is pinned to")
     ap.add_argument("--timeout-s", type=float, default=300, help="give up on one run after this long")
     ap.add_argument("--out", default=str(HERE / "results" / "load_robustness-cpu.json"))
+    ap.add_argument("--only", choices=["policy", "forced_2_threads"], default=None, help="one thread setting only")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
@@ -131,6 +132,7 @@ def main():
     from amnesiac.io import write_json
 
     settings = {"policy": None, "forced_2_threads": "2"}
+    settings = {k: v for k, v in settings.items() if a.only in (None, k)}
     # Paired runs (idle, then loaded right after): on a machine shared with other jobs the background load
     # drifts over minutes, so each loaded run is compared with the idle run just before it.
     cells: dict = {f"{n}/{l}": [] for n in settings for l in ("idle", "loaded")}
