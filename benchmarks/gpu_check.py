@@ -146,7 +146,7 @@ def tests_phase(a, run: Run) -> dict:
     if a.tiny:
         out["suite"] = {"skipped": "--tiny (the suite is `make test`)"}
     else:  # device "auto" resolves to CUDA in every test that does not pin the CPU
-        out["suite"] = _pytest(["-m", "not slow", "-x", "tests"], min(CAPS_S["tests_suite"], max(30, run.left() - 300)))
+        out["suite"] = _pytest(["-m", "not slow", "tests"], min(CAPS_S["tests_suite"], max(30, run.left() - 300)))
     return out
 
 
