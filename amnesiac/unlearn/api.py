@@ -206,7 +206,7 @@ def unlearn(model, forget, retain=None, *, tokenizer=None, out: str | os.PathLik
     if cfg.early_stop_recall is not None and not data["forget"].is_qa:
         raise UnlearnError("early stopping measures exact-match recall: it needs QA forget data")
 
-    ddp, rank_device = distributed.init(cfg.device)  # scale: joins the group under torchrun / accelerate launch
+    ddp, rank_device = distributed.init(cfg.device, cfg)  # scale: joins the group under torchrun / accelerate launch
     writes = claim is not None and ddp.is_main  # scale: rank 0 alone writes OUT (other ranks have no claim)
     try:
         if writes:
@@ -275,6 +275,7 @@ def _run(model, source, tok, data, cfg, method, reg, robust, method_name, reg_na
     if cfg.sure_percentile is not None:
         sal = sure_mod.saliency(ctx, method, params, cfg.batch_size)
         masks, sure_stats = sure_mod.build_masks(sal, cfg.sure_percentile, cfg.sure_scope)
+    params, masks = ddp.wrap(model, params, masks)  # scale: strategy fsdp shards the model here (fsdp.py)
 
     monitor = None
     if cfg.early_stop_recall is not None:
@@ -305,6 +306,7 @@ def _run(model, source, tok, data, cfg, method, reg, robust, method_name, reg_na
         if out is not None and ddp.is_main:  # the run record says so; the last good checkpoint stays
             write_json(out / "unlearn.json", {"status": "failed", "error": str(e), **record, "versions": versions()})
         raise
+    model = ctx.model = ddp.unwrap(model)  # scale: FSDP → a new plain model with the gathered weights
 
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_disable()

@@ -35,6 +35,7 @@ def register(app: typer.Typer) -> None:
         weight_decay: float = typer.Option(_D.weight_decay, help="AdamW weight decay (≥2-D tensors)"),
         max_grad_norm: float = typer.Option(1.0, help="gradient clipping norm (0 = off)"),
         optimizer: str = typer.Option(_D.optimizer, help="adamw | adamw8bit (bitsandbytes 8-bit optimizer states)"),
+        strategy: str = typer.Option(_D.strategy, help="multi-process: ddp (replicated) | fsdp (FSDP2: weights, grads, optimizer states sharded per decoder layer)"),
         batch_size: int = typer.Option(_D.batch_size, help="forget batch size"),
         retain_batch_size: Optional[int] = typer.Option(None, help="retain batch size (default: --batch-size)"),
         grad_accum: int = typer.Option(_D.grad_accum, help="gradient accumulation micro-batches per step"),
@@ -74,7 +75,8 @@ def register(app: typer.Typer) -> None:
         Quantization-aware (forgetting that survives the shipped format): --robust-to q4_1 (docs/science.md §2b).
         Kill-safe: --checkpoint-every N, then rerun the same command with --resume.
         Multi-process (DDP): accelerate launch --num_processes N -m amnesiac.cli unlearn ... (or torchrun);
-        --batch-size is then the global micro-batch, split across the N processes.
+        --batch-size is then the global micro-batch, split across the N processes. --strategy fsdp shards the
+        weights, gradients and optimizer states (FSDP2) instead of replicating them (full-parameter training only).
         """
         from rich.console import Console
 

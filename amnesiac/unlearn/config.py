@@ -63,9 +63,11 @@ class UnlearnConfig:
     progress: bool = True
     # scale (multi-process runs: distributed.py; batch_size is the global micro-batch there)
     optimizer: str = "adamw"  # adamw | adamw8bit (bitsandbytes 8-bit states; runs on CPU and CUDA)
+    strategy: str = "ddp"  # ddp (replicated) | fsdp (FSDP2: weights, grads, optimizer states sharded; fsdp.py)
 
     # fields that do not change the trained weights (may differ on resume)
-    _NON_TRAINING = ("checkpoint_every", "keep_checkpoint", "log_every", "progress", "reference", "ref_max_gb")
+    _NON_TRAINING = ("checkpoint_every", "keep_checkpoint", "log_every", "progress", "reference", "ref_max_gb",
+                     "strategy")  # strategy: same weights to float rounding, so a checkpoint resumes across it
 
     def __post_init__(self) -> None:
         """Every option checked before any work (issue 21): a bad value raises UnlearnError naming it."""

@@ -14,7 +14,8 @@ No DDP wrapper: the trainer keeps its one loop, and this module adds four things
   value is broadcast, so all ranks stop at the same step.
 
 A rank that raises (bad data, a non-finite loss) exits; torchrun/accelerate then stop the other ranks.
-FSDP is not supported: see `init` for what is refused and docs/guides/multi-gpu.md for what is missing.
+strategy "fsdp" (or `accelerate launch --use_fsdp`) shards weights, gradients and optimizer states with FSDP2 instead
+of replicating them: fsdp.py says what changes. DeepSpeed is refused (`init`).
 """
 from __future__ import annotations
 
@@ -58,10 +59,13 @@ def count_units(split: Split, idx: list[int], unit: str) -> int:
 class Dist:
     """This process's place in the group; a world of 1 makes every method a no-op."""
 
-    def __init__(self, rank: int = 0, world: int = 1, local_rank: int = 0, device: str = "cpu", backend: str = ""):
+    def __init__(self, rank: int = 0, world: int = 1, local_rank: int = 0, device: str = "cpu", backend: str = "",
+                 strategy: str = "ddp"):
         self.rank, self.world, self.local_rank = rank, world, local_rank
         self.device, self.backend = torch.device(device), backend
         self.active = world > 1
+        self.fsdp = self.active and strategy == "fsdp"  # weights/grads/optimizer states sharded (fsdp.py)
+        self.shard_fraction: float | None = None  # FSDP: share of the trainable elements this rank holds
         self._full: dict[str, list[int]] = {}  # the whole current micro-batch, per split
 
     @property
@@ -70,6 +74,8 @@ class Dist:
 
     def describe(self) -> dict:
         return {"world_size": self.world, "backend": self.backend or None,
+                "strategy": ("fsdp2 (fully_shard per decoder layer)" if self.fsdp else "ddp") if self.active else None,
+                **({"rank0_shard_fraction": self.shard_fraction} if self.fsdp else {}),
                 "batch_size_is": "global (split across ranks)" if self.active else "per process"}
 
     def shard(self, idx: list[int], split: str) -> list[int]:
@@ -94,15 +100,18 @@ class Dist:
             self._weigh(method, "retain_loss", ("retain_term", method.name))
         if type(reg).loss is not Regularizer.loss:
             self._weigh(reg, "loss", ("reg", reg.name))
-        for p in params.values():
-            self._broadcast(p.data)
-        for m in (sure_masks or {}).values():
-            self._broadcast(m)
+        if not self.fsdp:  # FSDP: broadcast before sharding (fsdp.shard); here params are shards
+            for p in params.values():
+                self._broadcast(p.data)
+            for m in (sure_masks or {}).values():
+                self._broadcast(m)
         if monitor is None:
             return None
 
         def agreed() -> float:
-            v = torch.tensor([monitor() if self.is_main else 0.0], dtype=torch.float64, device=self.device)
+            # FSDP: the monitor's forward passes are collective, so every rank runs it; rank 0's value decides
+            run = self.is_main or self.fsdp
+            v = torch.tensor([monitor() if run else 0.0], dtype=torch.float64, device=self.device)
             torch.distributed.broadcast(v, 0)
             return float(v.item())
         return agreed
@@ -118,6 +127,8 @@ class Dist:
         fn = getattr(obj, attr)
 
         def weighted(c, idx):
+            if not idx and self.fsdp:  # empty slice, but FSDP's forward/backward are collective: run one, times 0
+                return fn(c, self._full[split_name][:1]) * 0.0
             if not idx:  # this rank's slice is empty (micro-batch smaller than the world): no gradient
                 return torch.zeros((), device=c.device, requires_grad=True)
             loss = fn(c, idx)
@@ -136,13 +147,49 @@ class Dist:
             with torch.no_grad():
                 t.copy_(buf)
 
+    # ----- FSDP: shard after set-up, full tensors for checkpoints and the final model (fsdp.py) -----
+    def wrap(self, model, params: dict, sure_masks: dict | None) -> tuple[dict, dict | None]:
+        """FSDP: shard the model; returns (its trainable parameters, this rank's SURE mask rows). Else as given."""
+        if not self.fsdp:
+            return params, sure_masks
+        from . import fsdp
+
+        params, sure_masks = fsdp.shard(model, params, sure_masks, self)
+        held = sum(p.to_local().numel() for p in params.values())
+        self.shard_fraction = round(held / max(1, sum(p.numel() for p in params.values())), 4)
+        return params, sure_masks
+
+    def full_state(self, params: dict, opt, gather: bool = True):
+        """(params, optimizer) as trainer.save/load_checkpoint take them: FSDP → full tensors (collective)."""
+        if not self.fsdp:
+            return params, opt
+        from . import fsdp
+
+        return fsdp.full_state(params, opt, gather, keep=self.is_main or not gather)
+
+    def restore(self, params: dict, opt, full: dict, full_opt) -> None:
+        """After load_checkpoint into full_state(gather=False): FSDP → shard it back into params / opt."""
+        if self.fsdp:
+            from . import fsdp
+
+            fsdp.restore(params, opt, full, full_opt)
+
+    def unwrap(self, model):
+        """FSDP: a plain model with the all-gathered weights (collective). Else the model itself."""
+        if not self.fsdp:
+            return model
+        from . import fsdp
+
+        return fsdp.unshard_model(model)
+
     # ----- every step -----
     def sync_grads(self, params: list[torch.nn.Parameter], parts: dict[str, float]) -> None:
-        """Average gradients (in float32 buckets) and the logged loss parts over all ranks, in place."""
+        """Average gradients (in float32 buckets) and the logged loss parts over all ranks, in place.
+        FSDP: its backward already reduce-scattered (averaged) the gradients; only the loss parts remain."""
         if not self.active:
             return
         grads = []
-        for p in params:
+        for p in (params if not self.fsdp else ()):
             if p.grad is None:  # an empty slice, or a parameter this rank's loss did not reach
                 p.grad = torch.zeros_like(p)
             grads.append(p.grad)
@@ -180,23 +227,39 @@ def launched_world() -> int:
     return int(os.environ.get("WORLD_SIZE", "1") or 1)
 
 
-def init(device: str = "auto") -> tuple[Dist, str]:
+STRATEGIES = ("ddp", "fsdp")
+
+
+def _on(var: str) -> bool:
+    return os.environ.get(var, "").lower() in ("1", "true", "yes")
+
+
+def init(device: str = "auto", cfg=None) -> tuple[Dist, str]:
     """Join the process group when launched by torchrun / `accelerate launch` (WORLD_SIZE > 1).
 
     Returns (Dist, this rank's device): CUDA → cuda:LOCAL_RANK with NCCL, else CPU with gloo. Single process:
-    (a world of 1, the device as given). Idempotent (a second call reuses the group)."""
+    (a world of 1, the device as given). Idempotent (a second call reuses the group). cfg (an UnlearnConfig):
+    its `strategy` (ddp | fsdp; `accelerate launch --use_fsdp` also selects fsdp), checked against its options."""
     global _current
     from ..models.load import resolve_device
 
+    strategy = getattr(cfg, "strategy", "ddp") or "ddp"
+    if strategy == "deepspeed" or _on("ACCELERATE_USE_DEEPSPEED"):
+        raise UnlearnError("DeepSpeed is not supported by amnesiac's trainer (it owns the optimizer and the step, "
+                           "which the trainer needs for SURE masks, clipping and checkpoints); use strategy 'fsdp' "
+                           "to shard weights, gradients and optimizer states, or 'ddp'")
+    if strategy not in STRATEGIES:
+        raise UnlearnError(f"unknown strategy {strategy!r}; available: {', '.join(STRATEGIES)}")
+    if _on("ACCELERATE_USE_FSDP"):  # accelerate's FSDP plugin options (wrap policy, ...) are not read: see fsdp.py
+        strategy = "fsdp"
+    if strategy == "fsdp" and cfg is not None:
+        from . import fsdp
+
+        fsdp.check(cfg)
     world = launched_world()
     if world <= 1:
         _current = _SINGLE
         return _SINGLE, resolve_device(device)
-    for var, what in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
-        if os.environ.get(var, "").lower() in ("1", "true", "yes"):
-            raise UnlearnError(f"`accelerate launch` with {what} is not supported by amnesiac's trainer; launch with "
-                               "a plain multi-process config (DDP: `accelerate launch --multi_gpu --num_processes N`) "
-                               "or torchrun. What FSDP would need: docs/guides/multi-gpu.md")
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     dev = resolve_device(device)
     if dev.startswith("cuda"):
@@ -215,7 +278,7 @@ def init(device: str = "auto") -> tuple[Dist, str]:
     elif torch.distributed.get_world_size() != world:
         raise UnlearnError("an existing process group disagrees with WORLD_SIZE")
     backend = torch.distributed.get_backend()
-    _current = Dist(rank, world, local, dev, backend)
+    _current = Dist(rank, world, local, dev, backend, strategy)
     return _current, dev
 
 

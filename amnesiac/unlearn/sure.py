@@ -84,6 +84,11 @@ def build_masks(sal: dict[str, torch.Tensor], percentile: float, scope: str = "m
     return masks, stats
 
 
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """The tensor this process holds: under FSDP a DTensor's local row shard (the masks are sliced to match)."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
 def _rows(mask: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     """(rows, 1, …) float view of a row mask that broadcasts against p."""
     return mask.to(device=p.device, dtype=p.dtype).view(-1, *([1] * (p.dim() - 1)))
@@ -92,7 +97,8 @@ def _rows(mask: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
 def mask_grads(params: dict[str, torch.nn.Parameter], masks: dict[str, torch.Tensor]) -> None:
     for name, p in params.items():
         if p.grad is not None:
-            p.grad.mul_(_rows(masks[name], p))
+            g = _local(p.grad)
+            g.mul_(_rows(masks[name], g))
 
 
 def masked_weight_decay(params: dict[str, torch.nn.Parameter], masks: dict[str, torch.Tensor], lr: float,
@@ -103,5 +109,5 @@ def masked_weight_decay(params: dict[str, torch.nn.Parameter], masks: dict[str, 
         for name, p in params.items():
             wd = weight_decay.get(name, 0.0)
             if wd:
-                m = _rows(masks[name], p)
-                p.mul_(1 - m * (lr * wd))
+                w = _local(p)
+                w.mul_(1 - _rows(masks[name], w) * (lr * wd))

@@ -193,7 +193,9 @@ def train(ctx: Ctx, method: Method, reg: Regularizer, params: dict[str, torch.nn
              "identity": identity or {}}
     resumed_from = None
     if resume and ckpt is not None and ckpt.exists():
-        state = load_checkpoint(ckpt, params, opt)
+        full, full_opt = ddp.full_state(params, opt, gather=False)  # scale: FSDP loads full tensors, then shards
+        state = load_checkpoint(ckpt, full, full_opt)
+        ddp.restore(params, opt, full, full_opt)  # scale
         if state.get("config_hash") != config_hash:
             raise UnlearnError(f"{ckpt}: saved by a run with a different training config",
                                "use the same options to resume, or start over with overwrite (--overwrite)")
@@ -275,9 +277,11 @@ def train(ctx: Ctx, method: Method, reg: Regularizer, params: dict[str, torch.nn
                     f.write(json.dumps(rec) + "\n")
         bar.set_postfix({k: f"{rec[k]:.4g}" for k in ("loss", "forget", "reg", "retain_term") if k in rec})
         bar.update(1)
-        if ckpt is not None and ddp.is_main and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total:
-            save_checkpoint(ckpt, params, opt, {**state, "step": step + 1, "log": log, "monitor": mon_log,
-                                                "elapsed": time.time() - t0})
+        if ckpt is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total:
+            full, full_opt = ddp.full_state(params, opt)  # scale: FSDP all-gathers (every rank), else as is
+            if ddp.is_main:
+                save_checkpoint(ckpt, full, full_opt, {**state, "step": step + 1, "log": log, "monitor": mon_log,
+                                                       "elapsed": time.time() - t0})
         for cb in callbacks:
             cb(rec)
         if stopped_early:
