@@ -22,7 +22,9 @@ def _cases():
     from amnesiac.reproduce.smollm2 import SmolConfig
     from amnesiac.reproduce.tofu import TofuConfig
 
-    return [(["audit"], AuditConfig, {"mia"}), (["demo"], DemoConfig, set()),
+    from amnesiac.unlearn.config import UnlearnConfig
+
+    return [(["audit"], AuditConfig, {"mia"}), (["demo"], DemoConfig, set()), (["unlearn"], UnlearnConfig, set()),
             (["reproduce", "tofu"], TofuConfig, {"arch"}), (["reproduce", "smollm2"], SmolConfig, set())]
 
 

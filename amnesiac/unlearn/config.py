@@ -12,55 +12,55 @@ from .common import UnlearnError
 @dataclass
 class UnlearnConfig:
     # objective (docs/science.md §2)
-    method: str = "npo"  # a method, optionally with a regulariser / _sure suffix: npo_klr, ga_gdr_sure
+    method: str = "npo"  # ga | npo | simnpo | idkdpo | rmu, optionally with _gdr/_klr and _sure (e.g. npo_klr)
     regularizer: str | None = None  # none | gdr | klr (None: from the method name, else none)
     alpha: float = 1.0  # regulariser weight
     beta: float | None = None  # NPO/IdkDPO β (default 0.1), SimNPO β (default 2.5)
     gamma: float = 0.0  # SimNPO γ
-    rmu_layer: int | None = None  # RMU layer ℓ (default n_layers // 2)
+    rmu_layer: int | None = None  # RMU layer ℓ (default n_layers // 2); trains MLPs of ℓ−2..ℓ
     rmu_c: float = 6.5  # RMU steering scale c
     rmu_alpha: float = 100.0  # RMU retain-term weight
     # optimiser and schedule (the paper's regime: AdamW, lr 1e-5, constant)
-    lr: float = 1e-5
+    lr: float = 1e-5  # AdamW learning rate (paper regime: 1e-5; SURE: ~1e-4)
     schedule: str = "constant"  # constant | linear | cosine
-    warmup_steps: int = 0
+    warmup_steps: int = 0  # linear warm-up steps
     weight_decay: float = 0.01  # on ≥2-D tensors only (HF Trainer convention: no decay on norms/biases)
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    adam_eps: float = 1e-8
-    max_grad_norm: float | None = 1.0  # None/0: no clipping
-    batch_size: int = 8
-    retain_batch_size: int | None = None  # default: batch_size
-    grad_accum: int = 1
+    adam_betas: tuple[float, float] = (0.9, 0.999)  # AdamW (β1, β2)
+    adam_eps: float = 1e-8  # AdamW ε
+    max_grad_norm: float | None = 1.0  # gradient clipping norm (0 or None: no clipping)
+    batch_size: int = 8  # forget batch size (multi-process: the global micro-batch)
+    retain_batch_size: int | None = None  # retain batch size (default: batch_size)
+    grad_accum: int = 1  # gradient accumulation micro-batches per step
     epochs: float = 5.0  # over the forget set (retain batches cycle alongside)
     max_steps: int | None = None  # optimizer steps; overrides epochs
-    seed: int = 0
+    seed: int = 0  # batches, refusals, RMU direction, LoRA init
     precision: str = "float32"  # float32 | bfloat16 (weights and optimizer in bf16) | bf16-mixed (autocast)
-    device: str = "auto"
-    gradient_checkpointing: bool = False
-    max_length: int | None = None
+    device: str = "auto"  # auto (CUDA if available) | cpu | cuda | cuda:N
+    gradient_checkpointing: bool = False  # trade compute for activation memory
+    max_length: int | None = None  # truncate examples to this many tokens (default: the model's context)
     # reference model
-    reference: str = "auto"  # auto | precompute | copy
-    ref_max_gb: float = 2.0
+    reference: str = "auto"  # auto | precompute (no 2nd model) | copy (a frozen copy)
+    ref_max_gb: float = 2.0  # auto: precompute when it needs at most this much RAM
     # SURE
-    sure_percentile: float | None = None
-    sure_scope: str = "matrix"  # matrix | global
+    sure_percentile: float | None = None  # SURE: only rows at or above this saliency percentile train
+    sure_scope: str = "matrix"  # SURE threshold per weight matrix or global
     # quantization-aware unlearning (docs/science.md §2b; robust.py): train through these quantizers
     robust_to: str | None = None  # comma list of quantizer names: q4_1,q8_0,rtn4_g128 (attacks.quant.spec)
     robust_noise: float = 0.0  # also train on θ + U(−σ/2, σ/2)·Δ(4-bit g64): unknown quantizers
     # LoRA
-    lora_rank: int | None = None
-    lora_alpha: float | None = None
-    lora_dropout: float = 0.0
-    lora_targets: str = "all-linear"
+    lora_rank: int | None = None  # train rank-r LoRA adapters (merged on save)
+    lora_alpha: float | None = None  # LoRA α (default 2r)
+    lora_dropout: float = 0.0  # LoRA dropout
+    lora_targets: str = "all-linear"  # all-linear, or a comma list of module names
     # bookkeeping
-    checkpoint_every: int | None = None
-    keep_checkpoint: bool = False
+    checkpoint_every: int | None = None  # checkpoint every N steps (OUT/checkpoint; rerun with --resume)
+    keep_checkpoint: bool = False  # keep OUT/checkpoint after finishing
     early_stop_recall: float | None = None  # stop once monitor forget recall ≤ this
     early_stop_relative: bool = False  # threshold = early_stop_recall × recall before training
-    early_stop_every: int = 10
-    monitor_size: int = 32
-    log_every: int = 1
-    progress: bool = True
+    early_stop_every: int = 10  # evaluate the early-stop monitor every k steps
+    monitor_size: int = 32  # forget items in the early-stop monitor
+    log_every: int = 1  # write a log.jsonl record every k steps
+    progress: bool = True  # progress bar
     # scale (multi-process runs: distributed.py; batch_size is the global micro-batch there)
     optimizer: str = "adamw"  # adamw | adamw8bit (bitsandbytes 8-bit states; runs on CPU and CUDA)
     strategy: str = "ddp"  # ddp (replicated) | fsdp (FSDP2: weights, grads, optimizer states sharded; fsdp.py)
