@@ -51,6 +51,9 @@ class AuditConfig:
     floor: float | None = None  # without a retrained model: the level the target must exceed (default 0)
     max_retain: int = 300  # retain items evaluated (a fixed random subset: recall, not verdict)
     batch_size: int = 64  # generation / scoring batch
+    dtype: str = "float32"  # float32 | bfloat16 | float16: the dtype every model is loaded and measured in
+    device: str = "auto"  # auto (CUDA if available) | cpu | cuda | cuda:N
+    device_map: str | None = None  # "auto": spread a large model over the visible GPUs (accelerate)
     relearn_steps: int = 20  # relearning attack: optimizer steps on half of the forget set
     relearn_lr: float = 1e-3  # relearning attack: learning rate
     mia: bool = False  # membership inference on forget vs holdout (the CLI sets it when --holdout is given)
@@ -73,6 +76,15 @@ class AuditConfig:
             _lm_eval()  # not installed: the install hint now, not after the first model has been measured
         if not (self.relearn_lr > 0 and np.isfinite(self.relearn_lr)):
             raise UserError(f"relearn_lr must be a positive finite number, got {self.relearn_lr}")
+        from .models.load import check_device, resolve_dtype
+
+        try:
+            resolve_dtype(self.dtype)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        check_device(self.device)
+        if self.device_map not in (None, "auto"):
+            raise UserError(f"device_map must be 'auto' or unset, got {self.device_map!r}")
         if self.metric is not None:
             from .measure import METRICS
 
@@ -142,6 +154,18 @@ def _prompt_variant(name: str, forget: list[QAItem], retain: list[QAItem], seed:
 
     variants = build_prompts(name, forget, pool=forget, k=3, seed=seed)
     return [v[0] if v else item_prompt(it) for v, it in zip(variants, forget)]
+
+
+def _peak_memory() -> dict:
+    """Peak resident memory of this process (and of CUDA, when used), in MiB: what an audit of this size needs."""
+    import resource
+
+    import torch
+
+    out = {"peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda_peak_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return out
 
 
 def present_metrics(res: dict) -> list[str]:
@@ -216,7 +240,6 @@ class Audit:
 
         from .measure import scoring_for
         from .metrics.recovery import Judged, judge
-        from .models import load_model
 
         cfg = self.config
         if not self.forget:
@@ -237,7 +260,7 @@ class Audit:
         keys = {m: content_key(p) for m, p in models.items()}  # what each model *is* (a re-written path re-measures)
         data_key = hash_obj({"forget": [it.to_json() for it in self.forget], "retain": [it.to_json() for it in retain],
                              "scoring": scoring.to_json(), "seed": cfg.seed, "batch": cfg.batch_size,
-                             "relearn": [cfg.relearn_steps, cfg.relearn_lr], "v": 2,
+                             "relearn": [cfg.relearn_steps, cfg.relearn_lr], "v": 2, "dtype": cfg.dtype,
                           "utility": [cfg.utility, cfg.utility_limit, cfg.utility_task_dirs]})
         res: dict[str, dict] = {m: {} for m in models}
         costs: dict[str, dict] = {}
@@ -256,7 +279,7 @@ class Audit:
                         bar.update(1)
                         continue
                 if loaded is None:
-                    loaded = load_model(path)
+                    loaded = self._load(path)
                 model, tok = loaded
                 s = time.time()
                 r = self._one(model, tok, a, retain, scoring)
@@ -298,6 +321,7 @@ class Audit:
             "collapse": collapse, "mia": mia,
             "config": {**asdict(cfg), "n_forget": len(self.forget), "n_retain_evaluated": len(retain)},
             "costs": costs, "versions": versions(), "seed": cfg.seed, "wall_s": round(time.time() - t0, 2),
+            "peak_memory": _peak_memory(),
         }
         write_json(self.out / "summary.json", summary)
         write_jsonl(self.out / "per_example.jsonl", [
@@ -320,17 +344,22 @@ class Audit:
         return {"utility": {t: {"value": r.value, "metric": r.meta.get("metric"), "higher_is_better": r.higher_is_better}
                             for t, r in res.items()}}
 
+    def _load(self, path):
+        from .models import load_model
+
+        c = self.config
+        return load_model(path, device=c.device, dtype=c.dtype, device_map=c.device_map)
+
     def _holdout_floor(self, scoring) -> float:
         """The target's mean score on the held-out items (never trained on): the metric's baseline for a
         model that does not know the answers (ROUGE-L gives template words some credit)."""
         from .measure import measure
-        from .models import load_model
 
         cp = self.out / "cache" / "target__holdout_floor.json"
         key = hash_obj([content_key(self.target), [it.to_json() for it in self.holdout], scoring.to_json()])
         if cp.exists() and read_json(cp).get("key") == key:
             return read_json(cp)["floor"]
-        model, tok = load_model(self.target)
+        model, tok = self._load(self.target)
         r = measure(model, tok, {"holdout": self.holdout}, scoring, batch_size=self.config.batch_size)
         floor = float(np.mean(r["holdout"][scoring.metric]))
         write_json(cp, {"key": key, "floor": floor})
@@ -381,8 +410,8 @@ class Audit:
         key = hash_obj([content_key(models["target"]), content_key(models["unlearned"]), rtn])
         if cp.exists() and read_json(cp).get("key") == key:
             return read_json(cp)["result"]
-        t, _ = load_model(models["target"], device="cpu")
-        u, _ = load_model(models["unlearned"], device="cpu")
+        t, _ = load_model(models["target"], device="cpu", dtype=self.config.dtype)
+        u, _ = load_model(models["unlearned"], device="cpu", dtype=self.config.dtype)
         out = {}
         for a in rtn:
             d = collapse_diagnostics(t, u, quantizer_for(a))
@@ -393,11 +422,10 @@ class Audit:
     def _mia(self, models) -> dict:
         from .core import score_pairs
         from .metrics import mia as M
-        from .models import load_model
 
         res = {}
         for m in models:
-            model, tok = load_model(models[m])
+            model, tok = self._load(models[m])
             sides = {}
             for side, items in (("forget", self.forget), ("holdout", self.holdout)):
                 sc = score_pairs(model, tok, [item_prompt(it) for it in items], [qa_answer(it.answer) for it in items])
