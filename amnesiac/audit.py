@@ -236,6 +236,16 @@ class Audit:
         return self.out / "cache" / f"{model}__{attack}.json"
 
     def run(self) -> dict:
+        """The audit, writing into `out` (docs/guides/errors-and-outputs.md): never into or over an input model,
+        never into a folder amnesiac did not write; an earlier audit output there is resumed from its cache."""
+        from .io import claim_output
+
+        with claim_output(self.out, [self.target, self.unlearned, self.retrained], kind="audit", resume=True,
+                          inplace=True) as claim:
+            claim.begin()
+            return self._run()
+
+    def _run(self) -> dict:
         import torch
 
         from .measure import scoring_for

@@ -147,6 +147,15 @@ def eval_row(model_dir: Path, forget, retain, cfg: DemoConfig, cache_dir: Path, 
 
 
 def run_demo(cfg: DemoConfig | None = None, out: str | Path = "demo", log=print) -> dict:
+    """The demo into `out` (an earlier demo output there is reused; any other non-empty folder is refused)."""
+    from .io import claim_output
+
+    with claim_output(out, [], kind="demo", resume=True, inplace=True) as claim:
+        claim.begin()
+        return _run_demo(cfg, Path(out), log)
+
+
+def _run_demo(cfg: DemoConfig | None, out: Path, log) -> dict:
     from .data import load_qa_jsonl
     from .data.sources import build_bios
     from .models import tiny

@@ -47,6 +47,16 @@ class SweepConfig:
 
 def run_sweep(target: str | Path, forget, retain, out: str | Path, cfg: SweepConfig | None = None,
               log=print) -> dict:
+    """See _run_sweep; writes into `out`, never into the target model or a folder amnesiac did not write."""
+    from .io import claim_output
+
+    with claim_output(out, [target], kind="sweep", resume=True, inplace=True) as claim:
+        claim.begin()
+        return _run_sweep(target, forget, retain, out, cfg, log)
+
+
+def _run_sweep(target: str | Path, forget, retain, out: str | Path, cfg: SweepConfig | None = None,
+              log=print) -> dict:
     from .attacks.collapse import collapse_diagnostics
     from .attacks.quant.spec import quantizer_from_name
     from .measure import scoring_for

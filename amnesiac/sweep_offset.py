@@ -161,6 +161,16 @@ def _recalls(model_dir: Path, forget, retain, bits: list[int], scoring, cache: P
 
 def run_offset_sweep(target: str | Path, forget, retain, out: str | Path, cfg: OffsetSweepConfig | None = None,
                      log=print) -> dict:
+    """See _run_offset_sweep; writes into `out`, never into the target model or a folder amnesiac did not write."""
+    from .io import claim_output
+
+    with claim_output(out, [target], kind="sweep-offset", resume=True, inplace=True) as claim:
+        claim.begin()
+        return _run_offset_sweep(target, forget, retain, out, cfg, log)
+
+
+def _run_offset_sweep(target: str | Path, forget, retain, out: str | Path, cfg: OffsetSweepConfig | None = None,
+                     log=print) -> dict:
     from .attacks.collapse import collapse_diagnostics
     from .measure import scoring_for
     from .models import load_model

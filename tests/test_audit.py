@@ -169,3 +169,27 @@ def test_audit_runs_the_papers_calibrated_quantizers(audit_models, qa_people, tm
     for a in ("gptq4_g128", "awq4_g128"):
         assert 0.0 <= rows[a]["value"] <= 1.0 and "excess" in rows[a]
     assert "gptq4_g128" in AuditConfig(suite="full").attack_list()
+
+
+def test_experiments_never_write_into_inputs_or_foreign_folders(audit_models, qa_people, tmp_path):
+    """audit / demo / sweep outputs follow the one ownership rule: --out inside a model, or a non-empty folder
+    amnesiac did not write, is refused before any work, and nothing there changes."""
+    from amnesiac.demo import DemoConfig, run_demo
+    from amnesiac.errors import OutputError
+    from amnesiac.sweep import SweepConfig, run_sweep
+
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    cfg = AuditConfig(attacks=["fp"], n_boot=100)
+    for out in (audit_models / "unlearned" / "a", foreign):
+        with pytest.raises(OutputError):
+            Audit(str(audit_models / "target"), str(audit_models / "unlearned"), qa_people["forget"],
+                  qa_people["retain"], out, config=cfg).run()
+    with pytest.raises(OutputError):
+        run_demo(DemoConfig(), foreign)
+    with pytest.raises(OutputError):
+        run_sweep(audit_models / "target", qa_people["forget"], qa_people["retain"], audit_models / "target",
+                  SweepConfig(lrs=[1e-3], bits=[16], max_steps=1))
+    assert (foreign / "notes.txt").read_text() == "keep me" and sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+    assert not (audit_models / "unlearned" / "a").exists()

@@ -231,6 +231,17 @@ def verdict(evals: dict, cfg: SmolConfig, margin: float = MARGIN) -> dict:
 
 def run_smollm2(cfg: SmolConfig | None = None, out: str | Path = "reproduce-smollm2", log=print,
                 cache: str | Path | None = None, figures_dir: str | Path | None = None) -> dict:
+    """The protocol into `out`: never into or over the model, never into a folder amnesiac did not write."""
+    from ..io import claim_output
+
+    with claim_output(out, [cfg.model if cfg else None, cache], kind="reproduce-smollm2", resume=True,
+                      inplace=True) as claim:
+        claim.begin()
+        return _run_smollm2(cfg, out, log, cache, figures_dir)
+
+
+def _run_smollm2(cfg: SmolConfig | None, out: str | Path, log, cache: str | Path | None,
+                 figures_dir: str | Path | None) -> dict:
     """The whole protocol (module doc) → out/summary.json, report.md/html, figures (also into figures_dir)."""
     import torch
 

@@ -146,6 +146,15 @@ def eval_model(model_dir: Path, precision: str, data, cfg: TofuConfig, ref_truth
 
 
 def run_tofu(cfg: TofuConfig | None = None, out: str | Path = "tofu", log=print) -> dict:
+    """TOFU's protocol into `out` (an earlier tofu output there is reused; any other non-empty folder is refused)."""
+    from ..io import claim_output
+
+    with claim_output(out, [], kind="reproduce-tofu", resume=True, inplace=True) as claim:
+        claim.begin()
+        return _run_tofu(cfg, out, log)
+
+
+def _run_tofu(cfg: TofuConfig | None, out: str | Path, log) -> dict:
     from ..evaluate import EvalData
     from ..metrics.tofu import forget_quality
     from .tofu_models import models_dir, prepare_tofu
