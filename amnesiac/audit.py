@@ -174,9 +174,10 @@ def present_metrics(res: dict) -> list[str]:
     return [k for k in METRICS if f"forget_{k}" in res["unlearned"]["fp"]]
 
 
-def _metric_effects(rows: list[dict], res: dict, attacks: list[str], metrics: list[str], seed: int) -> None:
+def _metric_effects(rows: list[dict], res: dict, attacks: list[str], metrics: list[str], seed: int,
+                    ref: str = "fp") -> None:
     """Every applicable metric on every attack row: U's mean and the paired difference to the same floor the
-    verdict uses (R under the same attack, else U at full precision), with its 95 % CI. In place."""
+    verdict uses (R under the same attack, else U at its reference level `ref`), with its 95 % CI. In place."""
     from .metrics.stats import paired_test
 
     for row, a in zip(rows, attacks):
@@ -186,14 +187,14 @@ def _metric_effects(rows: list[dict], res: dict, attacks: list[str], metrics: li
         for k in metrics:
             x = np.asarray(u[f"forget_{k}"], dtype=np.float64)
             if "retrained" in res:
-                ref, floor = np.asarray(res["retrained"][a][f"forget_{k}"], dtype=np.float64), "retrained"
-            elif a != "fp":
-                ref = np.asarray(res["unlearned"]["fp"][f"forget_{k}"], dtype=np.float64)
-                ref, floor = (ref[np.asarray(sel)] if sel is not None else ref), "unlearned@fp"
+                base, floor = np.asarray(res["retrained"][a][f"forget_{k}"], dtype=np.float64), "retrained"
+            elif a != ref:
+                base = np.asarray(res["unlearned"][ref][f"forget_{k}"], dtype=np.float64)
+                base, floor = (base[np.asarray(sel)] if sel is not None else base), f"unlearned@{ref}"
             else:
                 eff[k] = {"value": float(x.mean())}
                 continue
-            t = paired_test(x, ref, 2000, seed)
+            t = paired_test(x, base, 2000, seed)
             eff[k] = {"value": float(x.mean()), "vs": floor, "diff": t["diff"], "diff_ci": [t["low"], t["high"]]}
         row["all_metrics"] = eff
 
@@ -260,6 +261,11 @@ class Audit:
         attacks, skipped = available_attacks(cfg.attack_list())
         if "fp" not in attacks:
             attacks = ["fp", *attacks]  # every floor and the verdict's target check need full precision
+        # a quantization-aware model (unlearn --robust-to) ships in the format it was trained through: that
+        # deployment is its reference level, the latent full-precision weights are one more attack on it
+        shipped = self._shipped_format()
+        if shipped and shipped not in attacks:
+            attacks.append(shipped)
         rng = random.Random(cfg.seed)
         retain = list(self.retain)
         if len(retain) > cfg.max_retain:
@@ -303,13 +309,15 @@ class Audit:
         metric = scoring.metric
         t_fp = np.asarray(res["target"]["fp"][f"forget_{metric}"])
         rows = []
-        for a in attacks:
+        ref = shipped or "fp"
+        judged = [a for a in attacks if not (shipped and a == shipped)]
+        for a in judged:
             sel = res["unlearned"][a].get("item_index")
             idx = np.asarray(sel) if sel is not None else np.arange(len(t_fp))
             fl = res.get("retrained", {}).get(a)
             rows.append(Judged(a, res["unlearned"][a][f"forget_{metric}"], t_fp[idx],
                                floor=fl[f"forget_{metric}"] if fl else None,
-                               u_fp=None if a == "fp" else np.asarray(res["unlearned"]["fp"][f"forget_{metric}"])[idx],
+                               u_fp=None if a == ref else np.asarray(res["unlearned"][ref][f"forget_{metric}"])[idx],
                                extra={"retain": float(np.mean(res["unlearned"][a][f"retain_{metric}"]))
                                       if res["unlearned"][a].get(f"retain_{metric}") else None,
                                       **({"utility": {t: u["value"] for t, u in res["unlearned"][a]["utility"].items()}}
@@ -320,7 +328,10 @@ class Audit:
         v = judge(rows, metric, scoring.reason, n_boot=cfg.n_boot, seed=cfg.seed, margin=cfg.margin, alpha=cfg.alpha,
                   retrained_fp=res["retrained"]["fp"][f"forget_{metric}"] if "retrained" in res else None,
                   floor_value=floor_value)
-        _metric_effects(v["rows"], res, attacks, present_metrics(res), cfg.seed)
+        _metric_effects(v["rows"], res, judged, present_metrics(res), cfg.seed, ref)
+        if shipped:
+            v["reference"] = {"format": shipped, "why": "the unlearned model was trained through this format "
+                                                        "(unlearn --robust-to): its shipped artefact"}
         collapse = self._collapse(attacks, models)
         mia = self._mia(models) if cfg.mia and self.holdout else None
         present = present_metrics(res)
@@ -341,6 +352,18 @@ class Audit:
             for m, d in res.items() for a, r in d.items()
             for i, j in enumerate(r.get("item_index") or range(len(r[f"forget_{metric}"])))])
         return summary
+
+    def _shipped_format(self) -> str | None:
+        """The first --robust-to format recorded in the unlearned model's unlearn.json, if any."""
+        from pathlib import Path as _P
+
+        rec = _P(self.unlearned) / "unlearn.json"
+        if not rec.is_file():
+            return None
+        fmts = ((read_json(rec).get("robust") or {}).get("robust_to")) or []
+        fmts = [fmts] if isinstance(fmts, str) else list(fmts)
+        names = [f.strip().lower() for x in fmts for f in str(x).split(",") if f.strip()]
+        return names[0] if names and is_quantizer(names[0]) else None
 
     def _utility(self, model, tok) -> dict:
         """General utility of a model as attacked (lm-evaluation-harness), when asked for: {"utility": {task: value}}."""

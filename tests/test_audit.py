@@ -193,3 +193,22 @@ def test_experiments_never_write_into_inputs_or_foreign_folders(audit_models, qa
                   SweepConfig(lrs=[1e-3], bits=[16], max_steps=1))
     assert (foreign / "notes.txt").read_text() == "keep me" and sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
     assert not (audit_models / "unlearned" / "a").exists()
+
+
+def test_a_quantization_aware_model_is_judged_in_its_shipped_format(audit_models, qa_people, tmp_path):
+    """unlearn --robust-to rtn4_g64 ships the model at rtn4_g64: that deployment is U's reference level (not
+    judged itself), and full precision becomes one more attack on it."""
+    import shutil
+
+    u = tmp_path / "u"
+    shutil.copytree(audit_models / "unlearned", u)
+    rec = json.loads((u / "unlearn.json").read_text())
+    rec["robust"] = {"robust_to": ["rtn4_g64"]}
+    (u / "unlearn.json").write_text(json.dumps(rec))
+    s = Audit(str(audit_models / "target"), str(u), qa_people["forget"], qa_people["retain"], tmp_path / "a",
+              config=AuditConfig(attacks=["fp", "rtn8"], n_boot=200, max_retain=10)).run()
+    rows = {r["attack"]: r for r in s["recovery"]}
+    assert set(rows) == {"fp", "rtn8"} and "rtn4_g64" in s["attacks"]
+    assert s["verdict"]["reference"]["format"] == "rtn4_g64"
+    u4 = s["results"]["unlearned"]["rtn4_g64"]["forget_exact_match"]["mean"]
+    assert rows["fp"]["unlearned_fp"] == pytest.approx(u4) and "gain_over_fp" in rows["fp"]
