@@ -27,6 +27,7 @@ from .data.schema import QAItem, item_prompt, qa_answer
 from .errors import UserError
 from .io import hash_obj, read_json, versions, write_json, write_jsonl
 from .models.resolve import model_content_key as content_key  # folders, .gguf, hub ids, adapters
+from .measure import GEN_SLACK as GEN_BUDGET_SLACK
 from .metrics.recovery import ALPHA, MARGIN, check_margin
 
 SUITES = {
@@ -241,10 +242,21 @@ class Audit:
         never into a folder amnesiac did not write; an earlier audit output there is resumed from its cache."""
         from .io import claim_output
 
+        self._preflight()  # bad data or items too long for the model: refused before OUT is touched
         with claim_output(self.out, [self.target, self.unlearned, self.retrained], kind="audit", resume=True,
                           inplace=True) as claim:
             claim.begin()
             return self._run()
+
+    def _preflight(self) -> None:
+        from .measure import check_context, scoring_for
+
+        if not self.forget:
+            raise UserError("the forget set is empty: nothing to audit", "give a --forget set with at least one item")
+        scoring_for(self.forget, self.config.metric)
+        texts = [item_prompt(it) + qa_answer(it.answer) for it in list(self.forget) + list(self.retain)]
+        check_context(self.target, texts, GEN_BUDGET_SLACK, "forget/retain items",
+                      "the audit generates the answer after each prompt: shorten or drop those items")
 
     def _run(self) -> dict:
         import torch

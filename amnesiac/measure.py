@@ -168,3 +168,21 @@ def measure(model, tok, sets: dict[str, Sequence[QAItem]], scoring: Scoring, *, 
 def mean_of(scores: dict[str, list], metric: str) -> float | None:
     v = scores.get(metric)
     return float(np.mean(v)) if v else None
+
+
+def check_context(model_ref, texts: Sequence[str], extra_tokens: int = 0, what: str = "items",
+                  hint: str = "shorten or drop them") -> None:
+    """Refuse, before any model loads, texts that cannot fit the model's context: len(tokens) + extra_tokens
+    (the generation budget) > max_position_embeddings. Reads only the tokenizer and config.json; a model that
+    does not state its context (a .gguf, a hub id resolved later) is not checked here."""
+    from .models.load import load_tokenizer, model_context
+
+    ctx = model_context(model_ref)
+    if not ctx or not texts:
+        return
+    tok = load_tokenizer(model_ref)
+    lengths = [len(tok(t, add_special_tokens=True)["input_ids"]) + extra_tokens for t in texts]
+    over = [n for n in lengths if n > ctx]
+    if over:
+        raise UserError(f"{len(over)} of {len(texts)} {what} need up to {max(over)} tokens (text + {extra_tokens} "
+                        f"generated) but the model's context is {ctx} tokens", hint)

@@ -482,3 +482,29 @@ def test_allow_overlap_trains_with_a_warning(w):
         res = unlearn(str(w / "model"), str(w / "forget.jsonl"), str(w / "overlap.jsonl"), method="ga_gdr",
                       max_steps=1, progress=False, allow_overlap=True)
     assert res.info["steps"] == 1
+
+
+def test_audit_and_eval_refuse_items_longer_than_the_context_before_loading(tmp_path, tok):
+    """Sequences that cannot fit max_position_embeddings are refused with a count, before any model loads."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from amnesiac.cli import app
+    from amnesiac.models import save_model
+    from conftest import make_tiny
+
+    m = make_tiny(tok)
+    m.config.max_position_embeddings = 64
+    save_model(m, tok, tmp_path / "m")
+    long = {"question": "Who? " * 80, "answer": "x"}
+    short = {"question": "Who?", "answer": "y"}
+    (tmp_path / "f.jsonl").write_text(json.dumps(long) + "\n" + json.dumps(short) + "\n")
+    (tmp_path / "r.jsonl").write_text(json.dumps(short) + "\n")
+    for args in (["audit", "--target", str(tmp_path / "m"), "--unlearned", str(tmp_path / "m"),
+                  "--forget", str(tmp_path / "f.jsonl"), "--retain", str(tmp_path / "r.jsonl"), "--out", str(tmp_path / "a")],
+                 ["eval", "--model", str(tmp_path / "m"), "--data", str(tmp_path / "f.jsonl"), "--out", str(tmp_path / "e")]):
+        res = CliRunner().invoke(app, args)
+        lines = [x for x in res.output.splitlines() if x.strip()]
+        assert res.exit_code == 2 and len(lines) == 1 and "1 of" in lines[0] and "context is 64" in lines[0], res.output
+        assert not (tmp_path / "a").exists() and not (tmp_path / "e").exists()

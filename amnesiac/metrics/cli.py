@@ -101,6 +101,15 @@ def register(app: typer.Typer) -> None:
         from ..models.load import check_model_dir
 
         check_model_dir(model)
+        if max_length is None:  # every scored sequence must fit the model's context (checked before it loads)
+            from ..data.schema import item_prompt, qa_answer
+            from ..measure import check_context
+
+            qa = [item_prompt(it, template) + qa_answer(it.answer) for part in (ed.forget, ed.retain, ed.holdout,
+                  ed.real_authors, ed.world_facts) for it in (part or [])]
+            texts = list(ed.forget_text or []) + list(ed.holdout_text or [])
+            check_context(str(model), qa + texts, 0, "scored sequences",
+                          "pass --max-length N (at most the model's context) to cut them from the left")
         for extra in (reference, retrained if retrained and not str(retrained).endswith(".json") else None):
             if extra is not None:
                 check_model_dir(extra)
