@@ -135,7 +135,7 @@ def main():
     settings = {k: v for k, v in settings.items() if a.only in (None, k)}
     # Paired runs (idle, then loaded right after): on a machine shared with other jobs the background load
     # drifts over minutes, so each loaded run is compared with the idle run just before it.
-    cells: dict = {f"{n}/{l}": [] for n in settings for l in ("idle", "loaded")}
+    cells: dict = {f"{n}/{mode}": [] for n in settings for mode in ("idle", "loaded")}
     pairs: dict = {n: [] for n in settings}
     os.environ["OPENBLAS_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"] = "1"  # the busy loop: one thread
     for name, thr in settings.items():
