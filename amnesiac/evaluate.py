@@ -59,19 +59,35 @@ class EvalData:
 
 @dataclass
 class EvalConfig:
-    batch_size: int = 32
-    template: str = QA_TEMPLATE
+    batch_size: int = 32  # generation / scoring batch
+    template: str = QA_TEMPLATE  # QA prompt template with a {question} placeholder
     qa_max_new_tokens: int | None = None  # None: longest gold answer in tokens + 16 (cap 200); stops at "\n"
-    mink_k: float = mia.MINK_K
-    privleak_k: float = muse.PRIVLEAK_K
-    privleak_ref_auc: float | None = None  # known AUC(θ_r) when no retrained model is given (§5)
-    verbmem_max_new_tokens: int = muse.VERBMEM_NEW_TOKENS
-    knowmem_max_new_tokens: int = muse.KNOWMEM_NEW_TOKENS
-    max_length: int | None = None
-    n_bootstrap: int = 1000
-    seed: int = 0
-    cache: bool = True
-    progress: bool = False
+    mink_k: float = mia.MINK_K  # Min-K% / Min-K%++ MIA: share of lowest token log-probs averaged
+    privleak_k: float = muse.PRIVLEAK_K  # PrivLeak's Min-k %
+    privleak_ref_auc: float | None = None  # known AUC(θ_r) without a retrained model (MUSE news/books: published)
+    verbmem_max_new_tokens: int = muse.VERBMEM_NEW_TOKENS  # VerbMem continuation length (MUSE: 128)
+    knowmem_max_new_tokens: int = muse.KNOWMEM_NEW_TOKENS  # KnowMem answer length (MUSE: 32)
+    max_length: int | None = None  # truncate scored sequences to this many tokens (from the left)
+    n_bootstrap: int = 1000  # bootstrap resamples of every CI
+    seed: int = 0  # bootstrap resampling (decoding is greedy)
+    cache: bool = True  # per-example cache under $AMNESIAC_HOME/cache (resumable)
+    progress: bool = True  # progress bars
+
+    def __post_init__(self) -> None:
+        from .errors import UserError, check_number
+
+        if "{question}" not in self.template:
+            raise UserError(f"--template {self.template!r} has no {{question}} placeholder",
+                            "add {question} where the question goes")
+        check_number("--batch-size", self.batch_size, ge=1, integer=True)
+        check_number("--qa-max-new-tokens", self.qa_max_new_tokens, ge=1, integer=True, optional=True)
+        check_number("--max-length", self.max_length, ge=2, integer=True, optional=True)
+        check_number("--privleak-ref-auc", self.privleak_ref_auc, ge=0, le=1, optional=True)
+        check_number("--mink-k", self.mink_k, gt=0, le=1)
+        check_number("--privleak-k", self.privleak_k, gt=0, le=1)
+        check_number("--verbmem-max-new-tokens", self.verbmem_max_new_tokens, ge=1, integer=True)
+        check_number("--knowmem-max-new-tokens", self.knowmem_max_new_tokens, ge=1, integer=True)
+        check_number("--n-bootstrap", self.n_bootstrap, ge=1, integer=True)
 
 
 @dataclass

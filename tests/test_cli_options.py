@@ -22,9 +22,10 @@ def _cases():
     from amnesiac.reproduce.smollm2 import SmolConfig
     from amnesiac.reproduce.tofu import TofuConfig
 
+    from amnesiac.evaluate import EvalConfig
     from amnesiac.unlearn.config import UnlearnConfig
 
-    return [(["audit"], AuditConfig, {"mia"}), (["demo"], DemoConfig, set()), (["unlearn"], UnlearnConfig, set()),
+    return [(["eval"], EvalConfig, {"template"}), (["audit"], AuditConfig, {"mia"}), (["demo"], DemoConfig, set()), (["unlearn"], UnlearnConfig, set()),
             (["reproduce", "tofu"], TofuConfig, {"arch"}), (["reproduce", "smollm2"], SmolConfig, set())]
 
 

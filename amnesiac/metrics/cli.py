@@ -32,24 +32,14 @@ def _load_retrained(path: str, tok_model_data, cfg):
     return ref
 
 
-def _check_eval_options(template, batch_size, qa_max_new_tokens, max_length, privleak_ref_auc, device, dtype):
-    """Every eval option, before any data or model loads (UserError, one line)."""
-    from ..errors import UserError, check_number
-    from ..models.load import check_device, resolve_dtype
-
-    if "{question}" not in template:
-        raise UserError(f"--template {template!r} has no {{question}} placeholder", "add {question} where the question goes")
-    check_number("--batch-size", batch_size, ge=1, integer=True)
-    check_number("--qa-max-new-tokens", qa_max_new_tokens, ge=1, integer=True, optional=True)
-    check_number("--max-length", max_length, ge=2, integer=True, optional=True)
-    check_number("--privleak-ref-auc", privleak_ref_auc, ge=0, le=1, optional=True)
-    check_device(device), resolve_dtype(dtype)
-
-
 def register(app: typer.Typer) -> None:
-    @app.command("eval")
-    def eval_cmd(model: Path = typer.Option(..., "--model", help="model folder (config + safetensors + tokenizer)"),
-                 data: str = typer.Option(..., "--data", help="forget set: bios:forget10 | tofu:forget10 | muse:<folder> | file.jsonl"),
+    from ..cli_options import config_command
+    from ..evaluate import EvalConfig
+
+    def eval_cmd(model: Path = typer.Option(..., "--model", help="the model: a folder, .gguf, hub id in the local cache, "
+                                                                 "or PEFT adapter"),
+                 data: str = typer.Option(..., "--data", help="forget set: bios:forget10 | tofu:forget10 | muse:<folder> | "
+                                                              "file.jsonl"),
                  out: Path = typer.Option(..., "--out", help="output folder"),
                  retain: Optional[str] = typer.Option(None, help="retain QA set (default: derived from --data; 'none' to skip)"),
                  holdout: Optional[str] = typer.Option(None, help="holdout QA set (non-members)"),
@@ -59,18 +49,13 @@ def register(app: typer.Typer) -> None:
                  holdout_text: Optional[str] = typer.Option(None, help="raw holdout texts"),
                  retrained: Optional[str] = typer.Option(None, help="retrained model folder, or its retrained_reference.json"),
                  reference: Optional[Path] = typer.Option(None, help="reference model for the reference-MIA attack"),
-                 privleak_ref_auc: Optional[float] = typer.Option(None, help="known AUC(θ_r) when no retrained model (MUSE News 0.4772, Books 0.5393)"),
                  auto: bool = typer.Option(True, help="derive retain/holdout/text companions from --data"),
-                 template: str = typer.Option("Question: {question}\nAnswer:", help="QA prompt template ({question})"),
-                 batch_size: int = typer.Option(32), qa_max_new_tokens: Optional[int] = typer.Option(None),
-                 max_length: Optional[int] = typer.Option(None, help="truncate scored sequences to this many tokens"),
-                 seed: int = typer.Option(0, help="seed (bootstrap resampling; decoding is greedy)"),
-                 device: str = typer.Option("auto"), dtype: str = typer.Option("float32"),
-                 cache: bool = typer.Option(True, help="per-example cache under $AMNESIAC_HOME/cache (resumable)"),
-                 progress: bool = typer.Option(True),
+                 device: str = typer.Option("auto", help="auto (CUDA if available) | cpu | cuda | cuda:N"),
+                 dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16"),
                  muse_x100: bool = typer.Option(False, "--muse-x100", help="print VerbMem / KnowMem on MUSE's ×100 scale "
                                                                            "(the JSON keeps the 0–1 values)"),
-                 overwrite: bool = typer.Option(False, help="replace an earlier amnesiac eval output at --out")):
+                 overwrite: bool = typer.Option(False, help="replace an earlier amnesiac eval output at --out"),
+                 config: EvalConfig = None):
         """Evaluate one model: TOFU, MUSE, MIA and memorisation metrics (docs/science.md §5)."""
         import time
 
@@ -79,18 +64,25 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         from ..errors import UserError
-        from ..evaluate import EvalConfig, evaluate, resolve_data, save_results
+        from ..evaluate import evaluate, resolve_data, save_results
         from ..io import claim_output, versions, write_json
         from ..models import load_model
 
+        import dataclasses
+
+        from ..models.load import check_device, resolve_dtype
+
         console = Console()
         t0 = time.time()
-        torch.manual_seed(seed)
-        _check_eval_options(template, batch_size, qa_max_new_tokens, max_length, privleak_ref_auc, device, dtype)
-        template = template.replace("\\n", "\n")  # a shell-typed "\n" means a newline
-        cfg = EvalConfig(template=template, batch_size=batch_size, qa_max_new_tokens=qa_max_new_tokens,
-                         privleak_ref_auc=privleak_ref_auc,
-                         max_length=max_length, seed=seed, cache=cache, progress=progress)
+        check_device(device)
+        try:
+            resolve_dtype(dtype)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        # every EvalConfig option was checked when the config was built; a shell-typed "\n" means a newline
+        cfg = dataclasses.replace(config, template=config.template.replace("\\n", "\n"))
+        torch.manual_seed(cfg.seed)
+        template, max_length, seed = cfg.template, cfg.max_length, cfg.seed
         try:
             ed = resolve_data(data, auto=auto, retain=retain, holdout=holdout, real_authors=real_authors,
                               world_facts=world_facts, forget_text=forget_text, holdout_text=holdout_text)
@@ -142,3 +134,5 @@ def register(app: typer.Typer) -> None:
                       str(r.meta.get("n", r.meta.get("n_member", ""))))
         console.print(t)
         console.print(f"wrote {out / 'summary.json'} and {out / 'per_example.jsonl'} ({meta['wall_s']} s)")
+
+    config_command(app, "eval", {"config": EvalConfig}, eval_cmd)
