@@ -107,7 +107,8 @@ def measure(model, tok, sets: dict[str, Sequence[QAItem]], scoring: Scoring, *, 
     sets: name → items (e.g. {"forget": F, "retain": R}); empty sets are skipped.
     prompts / stop_strings: per-set overrides (prompt attacks: paraphrases, in-context, cloze).
     Returns {set: {"exact_match": [...], "rougeL_recall": [...], "prob": [...], ["fact"], ["truth_ratio"],
-    ["outputs"]}}; the scoring's metric is always present. cache=True also keeps generations and scores
+    ["outputs"]}}; the scoring's metric is present wherever it applies (scoring_for checked it on the forget
+    set; a retain set without perturbed answers has no truth_ratio, say). cache=True also keeps generations and scores
     on disk per model fingerprint (metrics.runner), which an experiment with its own cache does not need.
     runner: a metrics.runner.Runner to share (the eval verb scores more pairs of the same model through it);
     raw=True adds "_prompts", "_answers" (per item {lp, ids, mu, sd, am}: Min-K%++ statistics and teacher-forced
@@ -153,8 +154,6 @@ def measure(model, tok, sets: dict[str, Sequence[QAItem]], scoring: Scoring, *, 
                 r["truth_ratio"] = np.maximum(0.0, 1.0 - R).round(6).tolist()
                 if raw:
                     r["_R"] = R.tolist()
-            if scoring.metric not in r:
-                raise ValueError(f"metric {scoring.metric!r} does not apply to set {name!r}")
             if name in with_outputs:
                 r["outputs"] = outs
             if raw:
@@ -163,11 +162,6 @@ def measure(model, tok, sets: dict[str, Sequence[QAItem]], scoring: Scoring, *, 
     finally:
         model.train(was)
     return res
-
-
-def mean_of(scores: dict[str, list], metric: str) -> float | None:
-    v = scores.get(metric)
-    return float(np.mean(v)) if v else None
 
 
 def check_context(model_ref, texts: Sequence[str], extra_tokens: int = 0, what: str = "items",
