@@ -316,3 +316,16 @@ def test_sure_suffix_and_config_object(trained_tiny, tok, people):
     with pytest.raises(UnlearnError, match="do not combine"):
         unlearn(_fresh(trained_tiny), people["forget"], people["retain"], tokenizer=tok, method="ga_sure",
                 lora_rank=2, **FAST)
+
+
+def test_top_level_unlearn_is_callable_even_after_the_subpackage_loaded(trained_tiny, tok, qa_people):
+    """`from amnesiac import unlearn` is the subpackage once something imported it (e.g. the audit); it still
+    runs the unlearning function."""
+    import copy
+
+    import amnesiac.audit  # noqa: F401  (imports amnesiac.unlearn, setting the package attribute)
+    from amnesiac import unlearn
+
+    r = unlearn(copy.deepcopy(trained_tiny), qa_people["forget"][:4], None, tokenizer=tok, method="ga", lr=1e-3,
+                max_steps=1, batch_size=4, progress=False, device="cpu")
+    assert r.info["steps"] == 1

@@ -11,3 +11,14 @@ from .trainer import UnlearnDiverged
 
 __all__ = ["UnlearnConfig", "UnlearnDiverged", "UnlearnError", "UnlearnResult", "parse_method", "unlearn",
            "weight_drift"]
+
+
+class _CallableModule(__import__("types").ModuleType):
+    """`from amnesiac import unlearn` finds this subpackage once anything has imported it (Python sets the
+    package attribute), shadowing the function of the same name; calling the package calls the function."""
+
+    def __call__(self, *args, **kwargs):
+        return unlearn(*args, **kwargs)
+
+
+__import__("sys").modules[__name__].__class__ = _CallableModule
