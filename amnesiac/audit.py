@@ -25,6 +25,7 @@ import numpy as np
 from .attacks.quant.spec import is_quantizer
 from .data.schema import QAItem, item_prompt, qa_answer
 from .errors import UserError
+from .audit_results import metric_effects, metric_summaries, peak_memory, present_metrics
 from .io import hash_obj, read_json, versions, write_json, write_jsonl
 from .models.resolve import model_content_key as content_key  # folders, .gguf, hub ids, adapters
 from .measure import GEN_SLACK as GEN_BUDGET_SLACK
@@ -157,66 +158,6 @@ def _prompt_variant(name: str, forget: list[QAItem], retain: list[QAItem], seed:
     return [v[0] if v else item_prompt(it) for v, it in zip(variants, forget)]
 
 
-def _peak_memory() -> dict:
-    """Peak resident memory of this process (and of CUDA, when used), in MiB: what an audit of this size needs."""
-    import resource
-
-    import torch
-
-    out = {"peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        out["cuda_peak_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    return out
-
-
-def present_metrics(res: dict) -> list[str]:
-    from .measure import METRICS
-
-    return [k for k in METRICS if f"forget_{k}" in res["unlearned"]["fp"]]
-
-
-def _metric_effects(rows: list[dict], res: dict, attacks: list[str], metrics: list[str], seed: int,
-                    ref: str = "fp") -> None:
-    """Every applicable metric on every attack row: U's mean and the paired difference to the same floor the
-    verdict uses (R under the same attack, else U at its reference level `ref`), with its 95 % CI. In place."""
-    from .metrics.stats import paired_test
-
-    for row, a in zip(rows, attacks):
-        u = res["unlearned"][a]
-        sel = u.get("item_index")
-        eff = {}
-        for k in metrics:
-            x = np.asarray(u[f"forget_{k}"], dtype=np.float64)
-            if "retrained" in res:
-                base, floor = np.asarray(res["retrained"][a][f"forget_{k}"], dtype=np.float64), "retrained"
-            elif a != ref:
-                base = np.asarray(res["unlearned"][ref][f"forget_{k}"], dtype=np.float64)
-                base, floor = (base[np.asarray(sel)] if sel is not None else base), f"unlearned@{ref}"
-            else:
-                eff[k] = {"value": float(x.mean())}
-                continue
-            t = paired_test(x, base, 2000, seed)
-            eff[k] = {"value": float(x.mean()), "vs": floor, "diff": t["diff"], "diff_ci": [t["low"], t["high"]]}
-        row["all_metrics"] = eff
-
-
-def _summaries(res: dict, metrics: list[str], seed: int) -> dict:
-    """Mean and 95 % CI of every metric, per model, attack and set."""
-    from .metrics.stats import bootstrap_ci
-
-    out: dict = {}
-    for m, d in res.items():
-        for a, r in d.items():
-            row = {}
-            for side in ("forget", "retain"):
-                for k in metrics:
-                    v = r.get(f"{side}_{k}")
-                    if v:
-                        row[f"{side}_{k}"] = {"mean": float(np.mean(v)), "ci": list(bootstrap_ci(v, seed=seed))}
-            out.setdefault(m, {})[a] = row
-    return out
-
-
 # ----------------------------------------------------------------------------- the audit
 
 @dataclass
@@ -340,7 +281,7 @@ class Audit:
         v = judge(rows, metric, scoring.reason, n_boot=cfg.n_boot, seed=cfg.seed, margin=cfg.margin, alpha=cfg.alpha,
                   retrained_fp=res["retrained"]["fp"][f"forget_{metric}"] if "retrained" in res else None,
                   floor_value=floor_value)
-        _metric_effects(v["rows"], res, judged, present_metrics(res), cfg.seed, ref)
+        metric_effects(v["rows"], res, judged, present_metrics(res), cfg.seed, ref)
         if shipped:
             v["reference"] = {"format": shipped, "why": "the unlearned model was trained through this format "
                                                         "(unlearn --robust-to): its shipped artefact"}
@@ -350,11 +291,11 @@ class Audit:
         summary = {
             "schema": "amnesiac.audit/2", "verdict": {k: v[k] for k in v if k != "rows"}, "models": models,
             "model_keys": keys, "attacks": attacks, "skipped_attacks": skipped, "scoring": scoring.to_json(),
-            "metrics": present, "results": _summaries(res, present, cfg.seed), "recovery": v["rows"],
+            "metrics": present, "results": metric_summaries(res, present, cfg.seed), "recovery": v["rows"],
             "collapse": collapse, "mia": mia,
             "config": {**asdict(cfg), "n_forget": len(self.forget), "n_retain_evaluated": len(retain)},
             "costs": costs, "versions": versions(), "seed": cfg.seed, "wall_s": round(time.time() - t0, 2),
-            "peak_memory": _peak_memory(),
+            "peak_memory": peak_memory(),
         }
         write_json(self.out / "summary.json", summary)
         write_jsonl(self.out / "per_example.jsonl", [
