@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from .attacks.quant.spec import is_quantizer
-from .data.schema import QAItem, item_prompt, qa_answer
+from .data.prompt import PromptFormat, PromptOptions
+from .data.schema import QAItem
 from .errors import UserError
 from .audit_results import metric_effects, metric_summaries, peak_memory, present_metrics
 from .io import hash_obj, read_json, versions, write_json, write_jsonl
@@ -42,7 +43,9 @@ PROMPT_ATTACKS = {"paraphrase", "icl_forget", "icl_same_person", "step_by_step",
 
 
 @dataclass
-class AuditConfig:
+class AuditConfig(PromptOptions):
+    """Every audit option. The prompt format (PromptOptions) defaults to the one recorded in the unlearned
+    model's unlearn.json: every model and attack is measured in the format the unlearning trained with."""
     suite: str = "quick"  # quick | full: the attacks tried (SUITES in amnesiac/audit.py)
     attacks: list[str] | None = None  # overrides the suite's list: quantizer names, prompt attacks, relearn
     seed: int = 0  # bootstrap resampling, retain subset, prompt variants, relearning and calibration samples
@@ -65,6 +68,7 @@ class AuditConfig:
 
     def __post_init__(self):
         check_margin(self.margin)
+        self.prompt_format()  # a template without {question}, a system prompt without a chat template
         if self.suite not in SUITES:
             raise UserError(f"unknown suite {self.suite!r}; available: {', '.join(SUITES)}")
         if not 0 < self.alpha < 1:
@@ -131,15 +135,18 @@ def quantizer_for(name: str):
 # ----------------------------------------------------------------------------- measuring one model
 
 def knowledge_at(model, tok, forget: list[QAItem], retain: list[QAItem], deployment: str = "fp",
-                 scoring=None, batch_size: int = 64) -> dict[str, list]:
-    """measure() of `model` deployed as `deployment` (a quantizer name or "fp"): per-item scores of the forget
-    and retain sets (flat keys forget_<metric> / retain_<metric>, forget_outputs)."""
+                 scoring=None, batch_size: int = 64, fmt=None) -> dict[str, list]:
+    """measure() of `model` deployed as `deployment` (a quantizer name or "fp") in prompt format `fmt`: per-item
+    scores of the forget and retain sets (flat keys forget_<metric> / retain_<metric>, forget_outputs)."""
     from .attacks.quant.calib import calib_texts_from_items
     from .attacks.quant.deploy import deploy
+    from .data.prompt import bind
     from .measure import measure, scoring_for
 
     scoring = scoring or scoring_for(forget)
-    r = measure(deploy(model, tok, deployment, calib_texts_from_items(retain))[0], tok, {"forget": forget, "retain": retain}, scoring, batch_size=batch_size)
+    b = bind(fmt, tok)
+    r = measure(deploy(model, tok, deployment, calib_texts_from_items(retain, b))[0], tok,
+                {"forget": forget, "retain": retain}, scoring, batch_size=batch_size, fmt=b)
     return flatten(r)
 
 
@@ -150,12 +157,13 @@ def flatten(r: dict[str, dict[str, list]]) -> dict[str, list]:
     return out
 
 
-def _prompt_variant(name: str, forget: list[QAItem], retain: list[QAItem], seed: int) -> list[str]:
-    """One prompt per forget item for a prompt attack (the first variant; items without one keep the question)."""
+def _prompt_variant(name: str, forget: list[QAItem], retain: list[QAItem], seed: int, fmt) -> list[str]:
+    """One prompt per forget item for a prompt attack in bound format `fmt` (the first variant; items without
+    one keep the question)."""
     from .attacks.prompts import build_prompts
 
-    variants = build_prompts(name, forget, pool=forget, k=3, seed=seed)
-    return [v[0] if v else item_prompt(it) for v, it in zip(variants, forget)]
+    variants = build_prompts(name, forget, pool=forget, k=3, seed=seed, fmt=fmt)
+    return [v[0] if v else fmt.item_prompt(it) for v, it in zip(variants, forget)]
 
 
 # ----------------------------------------------------------------------------- the audit
@@ -174,6 +182,21 @@ class Audit:
 
     def __post_init__(self):
         self.out = Path(self.out)
+
+    def prompt_format(self) -> PromptFormat:
+        """The format every model is measured in: the one recorded in the unlearned model's unlearn.json unless
+        options name one; options that differ from the recorded format are refused (data.prompt.resolve_format)."""
+        from .data.prompt import resolve_format
+
+        return resolve_format(self.config.prompt_format(), self.config.prompt_explicit(), self.unlearned)
+
+    def _format(self) -> PromptFormat:
+        if getattr(self, "_fmt", None) is None:
+            self._fmt = self.prompt_format()
+        return self._fmt
+
+    def _bind(self, tok):
+        return self._format().bind(tok)
 
     def _cache(self, model: str, attack: str) -> Path:
         return self.out / "cache" / f"{model}__{attack}.json"
@@ -195,7 +218,14 @@ class Audit:
         if not self.forget:
             raise UserError("the forget set is empty: nothing to audit", "give a --forget set with at least one item")
         scoring_for(self.forget, self.config.metric)
-        texts = [item_prompt(it) + qa_answer(it.answer) for it in list(self.forget) + list(self.retain)]
+        self._fmt = self.prompt_format()
+        tok = None
+        if self._fmt.chat_template:  # rendered now: a tokenizer without a chat template fails before OUT is touched
+            from .models.load import load_tokenizer
+
+            tok = load_tokenizer(self.target)
+        b = self._fmt.bind(tok)
+        texts = [b.item_prompt(it) + b.item_answer(it, it.answer) for it in list(self.forget) + list(self.retain)]
         check_context(self.target, texts, GEN_BUDGET_SLACK, "forget/retain items",
                       "the audit generates the answer after each prompt: shorten or drop those items")
 
@@ -230,9 +260,11 @@ class Audit:
         data_key = hash_obj({"forget": [it.to_json() for it in self.forget], "retain": [it.to_json() for it in retain],
                              "scoring": scoring.to_json(), "seed": cfg.seed, "batch": cfg.batch_size,
                              "relearn": [cfg.relearn_steps, cfg.relearn_lr], "v": 2, "dtype": cfg.dtype,
+                             "prompt_format": self._format().record(),
                           "utility": [cfg.utility, cfg.utility_limit, cfg.utility_task_dirs]})
         res: dict[str, dict] = {m: {} for m in models}
         costs: dict[str, dict] = {}
+        rendered = None  # the format as rendered for the first model's tokenizer (recorded in summary.json)
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(models) * len(attacks), desc="audit")
@@ -250,6 +282,7 @@ class Audit:
                 if loaded is None:
                     loaded = self._load(path)
                 model, tok = loaded
+                rendered = rendered or self._bind(tok).record()
                 s = time.time()
                 r = self._one(model, tok, a, retain, scoring)
                 costs[f"{m}/{a}"] = {"wall_s": round(time.time() - s, 3)}
@@ -292,7 +325,7 @@ class Audit:
             "schema": "amnesiac.audit/2", "verdict": {k: v[k] for k in v if k != "rows"}, "models": models,
             "model_keys": keys, "attacks": attacks, "skipped_attacks": skipped, "scoring": scoring.to_json(),
             "metrics": present, "results": metric_summaries(res, present, cfg.seed), "recovery": v["rows"],
-            "collapse": collapse, "mia": mia,
+            "collapse": collapse, "mia": mia, "prompt_format": rendered or self._format().record(),
             "config": {**asdict(cfg), "n_forget": len(self.forget), "n_retain_evaluated": len(retain)},
             "costs": costs, "versions": versions(), "seed": cfg.seed, "wall_s": round(time.time() - t0, 2),
             "peak_memory": peak_memory(),
@@ -342,11 +375,13 @@ class Audit:
         from .measure import measure
 
         cp = self.out / "cache" / "target__holdout_floor.json"
-        key = hash_obj([content_key(self.target), [it.to_json() for it in self.holdout], scoring.to_json()])
+        key = hash_obj([content_key(self.target), [it.to_json() for it in self.holdout], scoring.to_json(),
+                        self._format().record()])
         if cp.exists() and read_json(cp).get("key") == key:
             return read_json(cp)["floor"]
         model, tok = self._load(self.target)
-        r = measure(model, tok, {"holdout": self.holdout}, scoring, batch_size=self.config.batch_size)
+        r = measure(model, tok, {"holdout": self.holdout}, scoring, batch_size=self.config.batch_size,
+                    fmt=self._bind(tok))
         floor = float(np.mean(r["holdout"][scoring.metric]))
         write_json(cp, {"key": key, "floor": floor})
         return floor
@@ -358,27 +393,29 @@ class Audit:
 
         cfg = self.config
         sets = {"forget": self.forget, "retain": retain}
+        b = self._bind(tok)  # every attack prompts, trains and measures in the audit's one format
         if attack == "fp" or is_quantizer(attack):
             # calibrated quantizers (GPTQ, AWQ) calibrate on the retain set: what a releaser would have at hand
-            m = deploy(model, tok, attack, calib_texts_from_items(self.retain), seed=cfg.seed)[0]
-            return {**flatten(measure(m, tok, sets, scoring, batch_size=cfg.batch_size)), **self._utility(m, tok)}
+            m = deploy(model, tok, attack, calib_texts_from_items(self.retain, b), seed=cfg.seed)[0]
+            return {**flatten(measure(m, tok, sets, scoring, batch_size=cfg.batch_size, fmt=b)), **self._utility(m, tok)}
         if attack in PROMPT_ATTACKS:
             from .attacks.prompts import STOPS
 
             r = measure(model, tok, {"forget": self.forget}, scoring, batch_size=cfg.batch_size,
-                        prompts={"forget": _prompt_variant(attack, self.forget, retain, cfg.seed)},
-                        stop_strings={"forget": STOPS.get(attack, ("\n",))})
+                        prompts={"forget": _prompt_variant(attack, self.forget, retain, cfg.seed, b)},
+                        stop_strings={"forget": STOPS.get(attack, ("\n",))},
+                        fmt=None if attack == "cloze" else b)  # a cloze statement is continued after a space
             return flatten(r)
         if attack == "relearn":
             from .attacks.relearn import relearn_attack, split_forget
 
             r = relearn_attack(model, tok, forget=self.forget, fraction=0.5, steps=cfg.relearn_steps,
-                               lr=cfg.relearn_lr, seed=cfg.seed, evaluate=False)
+                               lr=cfg.relearn_lr, seed=cfg.seed, evaluate=False, fmt=b)
             _, held = split_forget(list(self.forget), 0.5, "item", cfg.seed)
             hq = {it.question for it in held}
             sel = [i for i, it in enumerate(self.forget) if it.question in hq]
             k = flatten(measure(r.model, tok, {"forget": [self.forget[i] for i in sel], "retain": retain}, scoring,
-                                batch_size=cfg.batch_size))
+                                batch_size=cfg.batch_size, fmt=b))
             k["item_index"] = sel
             return {**k, **self._utility(r.model, tok)}
         raise ValueError(f"unknown attack {attack!r}")
@@ -412,9 +449,10 @@ class Audit:
         res = {}
         for m in models:
             model, tok = self._load(models[m])
+            b = self._bind(tok)
             sides = {}
             for side, items in (("forget", self.forget), ("holdout", self.holdout)):
-                sc = score_pairs(model, tok, [item_prompt(it) for it in items], [qa_answer(it.answer) for it in items])
+                sc = score_pairs(model, tok, [b.item_prompt(it) for it in items], [b.item_answer(it, it.answer) for it in items])
                 sides[side] = [M.loss_score(lp) for lp in sc.token_logprobs]
             res[m] = {"loss_auc": M.auc_score(sides["forget"], sides["holdout"]),
                       "member_scores": sides["forget"], "nonmember_scores": sides["holdout"]}

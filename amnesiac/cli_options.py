@@ -73,11 +73,13 @@ def _fmt(v) -> str:
 
 
 def config_params(cls, *, exclude: tuple[str, ...] = (), prefix: str = "") -> list[inspect.Parameter]:
-    """One keyword parameter (a typer.Option) per public field of dataclass `cls`."""
+    """One keyword parameter (a typer.Option) per public field of dataclass `cls`: the class's own fields first,
+    then inherited ones (option groups shared by several configs, such as data.prompt.PromptOptions)."""
     hints = typing.get_type_hints(cls)
     helps = field_help(cls)
     params = []
-    for f in dataclasses.fields(cls):
+    own = set(inspect.get_annotations(cls))
+    for f in sorted(dataclasses.fields(cls), key=lambda f: f.name not in own):
         if f.name.startswith("_") or f.name in exclude or not f.init:
             continue
         tp, optional = _unwrap_optional(hints[f.name])

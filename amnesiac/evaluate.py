@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from .data.schema import QA_TEMPLATE, QAItem, VerbItem, item_prompt, qa_answer
+from .data.prompt import PromptOptions
+from .data.schema import QAItem, VerbItem
 from .metrics import memorization, mia, muse, tofu
 from .metrics.base import MetricResult, mean
 from .metrics.runner import Runner
@@ -58,9 +59,9 @@ class EvalData:
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(PromptOptions):
+    """Every eval option; the prompt format (PromptOptions) builds every QA prompt and answer continuation."""
     batch_size: int = 32  # generation / scoring batch
-    template: str = QA_TEMPLATE  # QA prompt template with a {question} placeholder
     qa_max_new_tokens: int | None = None  # None: longest gold answer in tokens + 16 (cap 200); stops at "\n"
     mink_k: float = mia.MINK_K  # Min-K% / Min-K%++ MIA: share of lowest token log-probs averaged
     privleak_k: float = muse.PRIVLEAK_K  # PrivLeak's Min-k %
@@ -74,11 +75,9 @@ class EvalConfig:
     progress: bool = True  # progress bars
 
     def __post_init__(self) -> None:
-        from .errors import UserError, check_number
+        from .errors import check_number
 
-        if "{question}" not in self.template:
-            raise UserError(f"--template {self.template!r} has no {{question}} placeholder",
-                            "add {question} where the question goes")
+        self.prompt_format()  # a template without {question} or with an unknown field, --system-prompt alone
         check_number("--batch-size", self.batch_size, ge=1, integer=True)
         check_number("--qa-max-new-tokens", self.qa_max_new_tokens, ge=1, integer=True, optional=True)
         check_number("--max-length", self.max_length, ge=2, integer=True, optional=True)
@@ -117,8 +116,9 @@ def _qa_scores(run: Runner, items: list[QAItem], cfg: EvalConfig, name: str) -> 
     argmax for memorisation and MIA); plus the options of real authors / world facts (normalised probability)."""
     from .measure import Scoring, measure
 
+    b = cfg.prompt_format().bind(run.tok)
     m = measure(run.model, run.tok, {name: items}, Scoring("exact_match", "the eval verb reports every metric"),
-                template=cfg.template, runner=run, raw=True, max_new_tokens=cfg.qa_max_new_tokens,
+                fmt=b, runner=run, raw=True, max_new_tokens=cfg.qa_max_new_tokens,
                 with_outputs=(name,))[name]
     out: dict[str, Any] = {"prompts": m["_prompts"], "ans": m["_answers"], "gen": m["outputs"], "m": m}
     if "_R" in m:
@@ -127,7 +127,7 @@ def _qa_scores(run: Runner, items: list[QAItem], cfg: EvalConfig, name: str) -> 
         prompts = m["_prompts"]
         wrong = [it.perturbed_answers or [o for o in it.options if o != it.answer] for it in items]
         if all(wrong):
-            flat = run.score([p for p, w in zip(prompts, wrong) for _ in w], [qa_answer(o) for w in wrong for o in w],
+            flat = run.score([p for p, w in zip(prompts, wrong) for _ in w], [b.item_answer(it, o) for it, w in zip(items, wrong) for o in w],
                              desc=f"{name}: options")
             out["wrong_mean"], i = [], 0
             for w in wrong:
@@ -176,7 +176,7 @@ def _text_side(run: Runner, texts: list[str], desc: str) -> dict:
     return {"lp": [x["lp"] for x in r], "mu": [x["mu"] for x in r], "sigma": [x["sd"] for x in r], "text": list(texts)}
 
 
-def _membership_inputs(run: Runner, data: EvalData, qa: dict, ref_run: Runner | None):
+def _membership_inputs(run: Runner, data: EvalData, qa: dict, ref_run: Runner | None, cfg: EvalConfig):
     """Members = F, non-members = holdout: raw texts when both exist, else QA answers given their question."""
     if data.forget_text and data.holdout_text:
         mem, non = _text_side(run, data.forget_text, "forget text"), _text_side(run, data.holdout_text, "holdout text")
@@ -192,8 +192,9 @@ def _membership_inputs(run: Runner, data: EvalData, qa: dict, ref_run: Runner | 
                     "prompts": s["prompts"]}
         mem, non, on = side("forget"), side("holdout"), "qa_answers"
         if ref_run is not None:
+            b = cfg.prompt_format().bind(ref_run.tok)
             for d, k in ((mem, "forget"), (non, "holdout")):
-                d["lp_ref"] = [x["lp"] for x in ref_run.score(d["prompts"], [qa_answer(it.answer) for it in qa[k][0]],
+                d["lp_ref"] = [x["lp"] for x in ref_run.score(d["prompts"], [b.item_answer(it, it.answer) for it in qa[k][0]],
                                                               desc=f"ref: {k}")]
     else:
         return None
@@ -218,8 +219,10 @@ def _privleak_auc(run: Runner, data: EvalData, cfg: EvalConfig) -> float | None:
         f = run.score([""] * len(data.forget_text), data.forget_text, True, False, "forget text")
         h = run.score([""] * len(data.holdout_text), data.holdout_text, True, False, "holdout text")
     elif data.forget and data.holdout:
+        b = cfg.prompt_format().bind(run.tok)
+
         def pairs(items):
-            return ([item_prompt(it, cfg.template) for it in items], [qa_answer(it.answer) for it in items])
+            return ([b.item_prompt(it) for it in items], [b.item_answer(it, it.answer) for it in items])
         f = run.score(*pairs(data.forget), True, True, "forget: answers")
         h = run.score(*pairs(data.holdout), True, True, "holdout: answers")
     else:
@@ -256,7 +259,7 @@ def evaluate(model, tok, data: EvalData, config: EvalConfig | None = None, retra
         out["model_utility"] = tofu.model_utility(util)
 
     # MIA family (members F vs holdout) and PrivLeak
-    mi = _membership_inputs(run, data, qa, ref_run)
+    mi = _membership_inputs(run, data, qa, ref_run, cfg)
     if mi is not None:
         mem, non, on = mi
         for m in mia.mia_suite(mem, non, cfg.mink_k, {"on": on}):

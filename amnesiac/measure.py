@@ -22,7 +22,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .data.schema import QA_TEMPLATE, QAItem, is_completion, item_prompt, qa_answer
+from .data.prompt import bind
+from .data.schema import QAItem, is_completion, qa_answer
 from .errors import UserError
 
 METRICS = ("exact_match", "fact", "rougeL_recall", "prob", "truth_ratio")
@@ -98,13 +99,15 @@ def _generate(run, tok, items, prompts, scoring: Scoring, stops, max_new_tokens:
 
 
 def measure(model, tok, sets: dict[str, Sequence[QAItem]], scoring: Scoring, *, batch_size: int = 32,
-            template: str = QA_TEMPLATE, prompts: dict[str, list[str]] | None = None,
+            fmt=None, prompts: dict[str, list[str]] | None = None,
             stop_strings: dict[str, Sequence[str]] | None = None, with_outputs: Sequence[str] = ("forget",),
             cache: bool = False, runner=None, raw: bool = False,
             max_new_tokens: int | None = None) -> dict[str, dict[str, list]]:
     """Per set, per metric, per item knowledge scores of `model` (as it is: attack it first).
 
     sets: name → items (e.g. {"forget": F, "retain": R}); empty sets are skipped.
+    fmt: the prompt format (data.prompt.PromptFormat, a bound one, or a template string; None: the default):
+    every prompt and answer continuation is built through it.
     prompts / stop_strings: per-set overrides (prompt attacks: paraphrases, in-context, cloze).
     Returns {set: {"exact_match": [...], "rougeL_recall": [...], "prob": [...], ["fact"], ["truth_ratio"],
     ["outputs"]}}; the scoring's metric is present wherever it applies (scoring_for checked it on the forget
@@ -120,6 +123,7 @@ def measure(model, tok, sets: dict[str, Sequence[QAItem]], scoring: Scoring, *, 
     from .metrics.text import exact_match, rouge_tofu
 
     run = runner or Runner(model, tok, batch_size, cache=cache, model_hash=None if cache else "-")
+    b = bind(fmt, tok)
     was = model.training
     model.eval()
     res: dict[str, dict[str, list]] = {}
@@ -128,7 +132,7 @@ def measure(model, tok, sets: dict[str, Sequence[QAItem]], scoring: Scoring, *, 
             if not items:
                 continue
             items = list(items)
-            ps = (prompts or {}).get(name) or [item_prompt(it, template) for it in items]
+            ps = (prompts or {}).get(name) or [b.item_prompt(it) for it in items]
             if len(ps) != len(items):
                 raise ValueError(f"{len(ps)} prompts for {len(items)} items of set {name!r}")
             outs = _generate(run, tok, items, ps, scoring, (stop_strings or {}).get(name), max_new_tokens)
@@ -138,14 +142,14 @@ def measure(model, tok, sets: dict[str, Sequence[QAItem]], scoring: Scoring, *, 
             }
             if scoring.metric == "fact" or all(is_completion(it) for it in items):
                 r["fact"] = [float(fact_correct(o, it)) for o, it in zip(outs, items)]
-            ans = run.score(ps, [qa_answer(it.answer) for it in items], raw, raw)
+            ans = run.score(ps, [b.item_answer(it, it.answer) for it in items], raw, raw)
             r["prob"] = np.exp([a["lp"].mean() for a in ans]).round(6).tolist()
             if all(it.perturbed_answers for it in items):
                 # TOFU: the paraphrased answer against the perturbed ones; sets without paraphrases (real authors,
                 # world facts) use the answer itself
-                para = run.score(ps, [qa_answer(it.paraphrased_answer or it.answer) for it in items])
+                para = run.score(ps, [b.item_answer(it, it.paraphrased_answer or it.answer) for it in items])
                 flat = run.score([p for p, it in zip(ps, items) for _ in it.perturbed_answers],
-                                 [qa_answer(a) for it in items for a in it.perturbed_answers])
+                                 [b.item_answer(it, a) for it in items for a in it.perturbed_answers])
                 pert, i = [], 0
                 for it in items:
                     pert.append([x["lp"].mean() for x in flat[i: i + len(it.perturbed_answers)]])

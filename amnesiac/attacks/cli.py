@@ -40,6 +40,36 @@ def _write(claim, rec: dict) -> Path | None:
     return path
 
 
+def _prompt_opts():
+    """--template / --chat-template / --system-prompt: the prompt format (data.prompt.PromptOptions's help)."""
+    from dataclasses import fields
+
+    from ..data.prompt import PromptOptions
+
+    h = {f.name: f.metadata["help"] for f in fields(PromptOptions)}
+    return (typer.Option(None, "--template", help=h["template"]),
+            typer.Option(False, "--chat-template/--no-chat-template", help=h["chat_template"]),
+            typer.Option(None, "--system-prompt", help=h["system_prompt"]))
+
+
+_TEMPLATE, _CHAT, _SYSTEM = _prompt_opts()
+
+
+def _check_format(template, chat_template, system_prompt) -> None:
+    """Bad prompt options fail before any model loads."""
+    from ..data.prompt import PromptOptions
+
+    PromptOptions(template, chat_template, system_prompt).prompt_format()
+
+
+def _format(model, tok, template, chat_template, system_prompt):
+    """The bound prompt format for `model` (its unlearn.json's recorded format unless options were given)."""
+    from ..data.prompt import PromptOptions, resolve_format
+
+    o = PromptOptions(template, chat_template, system_prompt)
+    return resolve_format(o.prompt_format(), o.prompt_explicit(), model).bind(tok)
+
+
 def _items(spec: str | None):
     if not spec:
         return None
@@ -174,7 +204,8 @@ def relearn_cmd(model: Path = typer.Option(..., "--model", help="unlearned model
                 texts: Optional[str] = typer.Option(None, help="unrelated texts, JSONL with `text` (control=text)"),
                 seed: int = typer.Option(0), out: Optional[Path] = typer.Option(None, help="folder: attack.json (+ model with --save-model)"),
                 save_model_: bool = typer.Option(False, "--save-model", help="also save the relearned model in --out"),
-                device: str = typer.Option("auto"), overwrite: bool = _OVERWRITE):
+                device: str = typer.Option("auto"), overwrite: bool = _OVERWRITE,
+                template: Optional[str] = _TEMPLATE, chat_template: bool = _CHAT, system_prompt: Optional[str] = _SYSTEM):
     """Relearning attack: fine-tune k steps on part of the forget set, recall on the held-out part."""
     from ..errors import UserError
     from ..models import load_model, save_model
@@ -187,13 +218,15 @@ def relearn_cmd(model: Path = typer.Option(..., "--model", help="unlearned model
     if save_model_ and out.suffix == ".json":
         raise UserError(f"--save-model saves a model folder; --out {out} is a .json file", "give --out a folder")
     check_device(device), check_model_dir(model)
+    _check_format(template, chat_template, system_prompt)
     f_items, r_items, t_items = _items(forget), _items(retain), _items(texts)  # bad data fails before the model loads
     check_forget_items(f_items)
     paths = [model, *(Path(x) for x in (forget, retain, texts) if x and Path(x).exists())]
     with _claim(out, paths, overwrite, "attack-relearn") as claim:
         m, tok = load_model(model, device=device)
         res = relearn_attack(m, tok, forget=f_items, fraction=fraction, steps=steps, lr=lr, batch_size=batch_size,
-                             by=by, control=control, retain=r_items, texts=t_items, seed=seed)
+                             by=by, control=control, retain=r_items, texts=t_items, seed=seed,
+                             fmt=_format(model, tok, template, chat_template, system_prompt))
         if save_model_:
             save_model(res.model, tok, claim.begin())
         _write(claim, {**res.record, "model": str(model), "forget": forget})
@@ -210,7 +243,8 @@ def prompts_cmd(model: Path = typer.Option(..., "--model"),
                     ["question", "paraphrase", "icl_forget", "icl_same_person", "icl_retain", "step_by_step", "cloze"])),
                 k: int = typer.Option(3, min=0, help="in-context examples"), seed: int = typer.Option(0),
                 out: Optional[Path] = typer.Option(None), device: str = typer.Option("auto"),
-                overwrite: bool = _OVERWRITE):
+                overwrite: bool = _OVERWRITE, template: Optional[str] = _TEMPLATE, chat_template: bool = _CHAT,
+                system_prompt: Optional[str] = _SYSTEM):
     """Prompt attacks: exact-match recall of the forget set under each prompt transformation."""
     from rich.table import Table
 
@@ -225,10 +259,12 @@ def prompts_cmd(model: Path = typer.Option(..., "--model"),
         raise UserError(f"unknown prompt transform(s) {', '.join(bad) or repr(transforms)}",
                         f"available: all, {', '.join(TRANSFORMS)}")
     check_device(device), check_model_dir(model)
+    _check_format(template, chat_template, system_prompt)
     items, pool = _items(forget), _items(retain)
     with _claim(out, [model, forget, retain], overwrite, "attack-prompts") as claim:
         m, tok = load_model(model, device=device)
-        rec = prompt_attack(m, tok, items=items, transforms=names, pool=pool, k=k, seed=seed).record
+        rec = prompt_attack(m, tok, items=items, transforms=names, pool=pool, k=k, seed=seed,
+                            fmt=_format(model, tok, template, chat_template, system_prompt)).record
         _write(claim, {**rec, "model": str(model), "forget": forget})
     tab = Table(title=f"prompt attacks on {forget}")
     for col in ("transform", "recall (mean)", "recall (any)", "items scored"):
@@ -242,17 +278,20 @@ def prompts_cmd(model: Path = typer.Option(..., "--model"),
 def probe_cmd(model: Path = typer.Option(..., "--model"),
               forget: str = typer.Option(..., "--forget"), retain: Optional[str] = typer.Option(None, "--retain"),
               out: Optional[Path] = typer.Option(None), device: str = typer.Option("auto"),
-              overwrite: bool = _OVERWRITE):
+              overwrite: bool = _OVERWRITE, template: Optional[str] = _TEMPLATE, chat_template: bool = _CHAT,
+              system_prompt: Optional[str] = _SYSTEM):
     """Hidden-state probes: logit lens on the forget set; linear probe trained on retain, applied to forget."""
     from ..models import load_model
     from ..models.load import check_model_dir, check_device
     from .probes import probe_attack
 
     check_device(device), check_model_dir(model)
+    _check_format(template, chat_template, system_prompt)
     f_items, r_items = _items(forget), _items(retain)
     with _claim(out, [model, forget, retain], overwrite, "attack-probe") as claim:
         m, tok = load_model(model, device=device)
-        rec = probe_attack(m, tok, forget=f_items, retain=r_items).record
+        rec = probe_attack(m, tok, forget=f_items, retain=r_items,
+                           fmt=_format(model, tok, template, chat_template, system_prompt)).record
         _write(claim, {**rec, "model": str(model), "forget": forget, "retain": retain})
     ll = rec["logit_lens"]["meta"]
     msg = f"logit lens: top-1 {ll['output_top1']:.3f} at the output, best {rec['logit_lens']['value']:.3f} (layer {ll['best_layer']})"

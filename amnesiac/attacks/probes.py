@@ -22,7 +22,8 @@ import torch
 
 from ..core import encode_pairs
 from ..core.logprobs import _device_of, pad_id_of
-from ..data.schema import QAItem, qa_answer, qa_prompt
+from ..data.prompt import bind
+from ..data.schema import QAItem
 from ..metrics.base import MetricResult
 from ..registry import register
 from .base import AttackResult, measure_cost
@@ -68,11 +69,12 @@ def prompt_states(model, tok, prompts: list[str], batch_size: int = 32):
 
 
 @torch.no_grad()
-def logit_lens(model, tok, items: list[QAItem], batch_size: int = 32) -> MetricResult:
+def logit_lens(model, tok, items: list[QAItem], batch_size: int = 32, fmt=None) -> MetricResult:
     """Per layer: mean probability, mean / median rank and top-1 rate of the gold answer's first token.
-    value = top-1 rate at the best layer (the most the lens can read out anywhere)."""
-    prompts = [qa_prompt(it.question) for it in items]
-    gold = [ids[start] for ids, start in encode_pairs(tok, prompts, [qa_answer(it.answer) for it in items])]
+    value = top-1 rate at the best layer (the most the lens can read out anywhere). fmt: the prompt format."""
+    b = bind(fmt, tok)
+    prompts = [b.prompt(it.question) for it in items]
+    gold = [ids[start] for ids, start in encode_pairs(tok, prompts, [b.answer(it.answer) for it in items])]
     hs, last_normed = prompt_states(model, tok, prompts, batch_size)
     norm, head = _final_norm(model), model.get_output_embeddings()
     dev = _device_of(model)
@@ -100,7 +102,7 @@ def _variants(items: list[QAItem]):
 
 @torch.no_grad()
 def linear_probe(model, tok, retain: list[QAItem], forget: list[QAItem], layers: list[int] | None = None,
-                 C: float = 1.0, batch_size: int = 32, max_iter: int = 200) -> MetricResult:
+                 C: float = 1.0, batch_size: int = 32, max_iter: int = 200, fmt=None) -> MetricResult:
     """Probe accuracy on forget vs retain per attribute and layer. value = forget accuracy at the layer
     with the best held-out retain accuracy (chosen on retain only, never on forget)."""
     import warnings
@@ -110,8 +112,9 @@ def linear_probe(model, tok, retain: list[QAItem], forget: list[QAItem], layers:
     from threadpoolctl import threadpool_limits
 
     rv, fv = _variants(retain), [(i, 0, it.question) for i, it in enumerate(forget)]
-    hs_r, _ = prompt_states(model, tok, [qa_prompt(q) for _, _, q in rv], batch_size)
-    hs_f, _ = prompt_states(model, tok, [qa_prompt(q) for _, _, q in fv], batch_size)
+    b = bind(fmt, tok)
+    hs_r, _ = prompt_states(model, tok, [b.prompt(q) for _, _, q in rv], batch_size)
+    hs_f, _ = prompt_states(model, tok, [b.prompt(q) for _, _, q in fv], batch_size)
     L = hs_r.shape[1]
     layers = list(range(L)) if layers is None else [x if x >= 0 else L + x for x in layers]
     last_var = defaultdict(int)
@@ -166,13 +169,17 @@ def linear_probe(model, tok, retain: list[QAItem], forget: list[QAItem], layers:
 
 
 @register("attacks", "probe")
-def probe_attack(model, tok, forget=None, retain=None, layers: list[int] | None = None, batch_size: int = 32) -> AttackResult:
-    """Hidden-state probes (measures, returns no model): logit lens on forget, linear probe retain → forget."""
+def probe_attack(model, tok, forget=None, retain=None, layers: list[int] | None = None, batch_size: int = 32,
+                 fmt=None) -> AttackResult:
+    """Hidden-state probes (measures, returns no model): logit lens on forget, linear probe retain → forget.
+    fmt: the prompt format whose last prompt token is read (data.prompt)."""
     if not forget:
         raise ValueError("probe needs forget=<QAItems>")
+    b = bind(fmt, tok)
     with measure_cost() as cost:
-        rec = {"logit_lens": logit_lens(model, tok, list(forget), batch_size).to_json()}
+        rec = {"logit_lens": logit_lens(model, tok, list(forget), batch_size, fmt=b).to_json(), "prompt_format": b.record()}
         if retain:
-            rec["linear_probe"] = linear_probe(model, tok, list(retain), list(forget), layers, batch_size=batch_size).to_json()
+            rec["linear_probe"] = linear_probe(model, tok, list(retain), list(forget), layers, batch_size=batch_size,
+                                               fmt=b).to_json()
     return AttackResult(None, {"attack": "probe", "config": {"layers": layers, "n_forget": len(forget),
                                                             "n_retain": len(retain or [])}, "cost": cost, **rec})

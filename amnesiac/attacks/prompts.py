@@ -18,6 +18,10 @@ Transformations:
 - cloze            : statement completion instead of a question, cut from the paraphrased answer
                      sentence before the answer ("X was born in the year" → " 1975").
 Context blocks use MUSE KnowMem's layout: "Question: {q}\nAnswer: {a}\n\n" per example.
+
+Every prompt is built through the run's prompt format (data.prompt; `fmt`, default "Question: {q}\nAnswer:"):
+in a chat format the context examples become earlier user/assistant turns and "Let's think step by step."
+ends the user message. Cloze statements are continued verbatim in every format.
 """
 from __future__ import annotations
 
@@ -25,7 +29,8 @@ import random
 from typing import Callable
 
 from ..core import generate_greedy
-from ..data.schema import QAItem, qa_prompt
+from ..data.prompt import bind
+from ..data.schema import QAItem
 from ..metrics.base import MetricResult, mean
 from ..metrics.text import exact_match
 from ..registry import register
@@ -44,60 +49,60 @@ def transform(name: str, stops: tuple[str, ...] = ("\n",)):
     return deco
 
 
-def _shot(it: QAItem) -> str:
-    return f"{qa_prompt(it.question)} {it.answer.strip()}\n\n"
+def _shots(fmt, shots: list[QAItem], it: QAItem) -> str:
+    return fmt.few_shot([(s.question, s.answer) for s in shots], it.question)
 
 
 @transform("question")
-def _question(items, pool=None, k=3, seed=0):
-    return [[qa_prompt(it.question)] for it in items]
+def _question(items, fmt, pool=None, k=3, seed=0):
+    return [[fmt.prompt(it.question)] for it in items]
 
 
 @transform("paraphrase")
-def _paraphrase(items, pool=None, k=3, seed=0):
-    return [[qa_prompt(q) for q in it.paraphrased_questions] for it in items]
+def _paraphrase(items, fmt, pool=None, k=3, seed=0):
+    return [[fmt.prompt(q) for q in it.paraphrased_questions] for it in items]
 
 
 @transform("icl_forget")
-def _icl_forget(items, pool=None, k=3, seed=0):
+def _icl_forget(items, fmt, pool=None, k=3, seed=0):
     rng = random.Random(seed)
     out = []
     for i, it in enumerate(items):
         others = [o for o in items if o.person != it.person or it.person is None and o is not it]
         others = others or [o for j, o in enumerate(items) if j != i]
         shots = rng.sample(others, min(k, len(others)))
-        out.append(["".join(_shot(s) for s in shots) + qa_prompt(it.question)])
+        out.append([_shots(fmt, shots, it)])
     return out
 
 
 @transform("icl_same_person")
-def _icl_same_person(items, pool=None, k=3, seed=0):
+def _icl_same_person(items, fmt, pool=None, k=3, seed=0):
     rng = random.Random(seed)
     everyone = list(items) + list(pool or [])
     out = []
     for it in items:
         same = [o for o in everyone if it.person is not None and o.person == it.person and o.question != it.question]
         shots = rng.sample(same, min(k, len(same)))
-        out.append(["".join(_shot(s) for s in shots) + qa_prompt(it.question)] if shots else [])
+        out.append([_shots(fmt, shots, it)] if shots else [])
     return out
 
 
 @transform("icl_retain")
-def _icl_retain(items, pool=None, k=3, seed=0):
+def _icl_retain(items, fmt, pool=None, k=3, seed=0):
     if not pool:
         raise ValueError("icl_retain needs pool=<retain items>")
     rng = random.Random(seed)
-    return [["".join(_shot(s) for s in rng.sample(list(pool), min(k, len(pool)))) + qa_prompt(it.question)]
-            for it in items]
+    return [[_shots(fmt, rng.sample(list(pool), min(k, len(pool))), it)] for it in items]
 
 
 @transform("step_by_step")
-def _step(items, pool=None, k=3, seed=0):
-    return [[f"Question: {it.question}\nLet's think step by step.\nAnswer:"] for it in items]
+def _step(items, fmt, pool=None, k=3, seed=0):
+    # the default format gives "Question: q\nLet's think step by step.\nAnswer:"
+    return [[fmt.prompt(f"{it.question}\nLet's think step by step.")] for it in items]
 
 
 @transform("cloze", stops=("\n", ". "))
-def _cloze(items, pool=None, k=3, seed=0):
+def _cloze(items, fmt, pool=None, k=3, seed=0):
     out = []
     for it in items:
         sent, ans = it.paraphrased_answer or "", it.answer.strip()
@@ -107,19 +112,21 @@ def _cloze(items, pool=None, k=3, seed=0):
 
 
 def build_prompts(name: str, items: list[QAItem], pool: list[QAItem] | None = None, k: int = 3,
-                  seed: int = 0) -> list[list[str]]:
+                  seed: int = 0, fmt=None) -> list[list[str]]:
+    """Prompt variants per item; `fmt`: a data.prompt.BoundFormat (a chat format must be bound to its tokenizer),
+    a plain PromptFormat or template string, or None (the default format)."""
     name = ALIASES.get(name, name)
     if name not in TRANSFORMS:
         raise KeyError(f"unknown prompt transform {name!r}; available: {', '.join(TRANSFORMS)}")
-    return TRANSFORMS[name](items, pool=pool, k=k, seed=seed)
+    return TRANSFORMS[name](items, bind(fmt, getattr(fmt, "tok", None)), pool=pool, k=k, seed=seed)
 
 
 def prompt_recall(model, tok, items: list[QAItem], name: str, pool=None, k: int = 3, seed: int = 0,
-                  max_new_tokens: int = 16, batch_size: int = 32) -> MetricResult:
+                  max_new_tokens: int = 16, batch_size: int = 32, fmt=None) -> MetricResult:
     """Exact-match recall under one transformation. value = mean over variants (per item, then
     items with ≥1 variant); meta.any = best-of-n; items the transform cannot phrase are left out."""
     name = ALIASES.get(name, name)
-    variants = build_prompts(name, items, pool, k, seed)
+    variants = build_prompts(name, items, pool, k, seed, fmt=bind(fmt, tok))
     flat = [(i, p) for i, vs in enumerate(variants) for p in vs]
     outs = generate_greedy(model, tok, [p for _, p in flat], max_new_tokens=max_new_tokens,
                            stop_strings=list(STOPS[name]), batch_size=batch_size) if flat else []
@@ -136,7 +143,7 @@ def prompt_recall(model, tok, items: list[QAItem], name: str, pool=None, k: int 
 
 @register("attacks", "prompts")
 def prompt_attack(model, tok, items=None, transforms: list[str] | str = "all", pool=None, k: int = 3, seed: int = 0,
-                  max_new_tokens: int = 16, batch_size: int = 32) -> AttackResult:
+                  max_new_tokens: int = 16, batch_size: int = 32, fmt=None) -> AttackResult:
     """Prompt rewriting / in-context hints (measures, returns no model): recall per transformation."""
     if not items:
         raise ValueError("prompts needs items=<forget-set QAItems>")
@@ -144,8 +151,9 @@ def prompt_attack(model, tok, items=None, transforms: list[str] | str = "all", p
     if "icl_retain" in names and not pool and transforms == "all":
         names.remove("icl_retain")  # needs a retain pool; skipped rather than failing "all"
     res = {}
+    b = bind(fmt, tok)
     with measure_cost() as cost:
         for n in names:
-            res[n] = prompt_recall(model, tok, items, n, pool, k, seed, max_new_tokens, batch_size).to_json()
+            res[n] = prompt_recall(model, tok, items, n, pool, k, seed, max_new_tokens, batch_size, b).to_json()
     return AttackResult(None, {"attack": "prompts", "config": {"transforms": names, "k": k, "seed": seed},
-                               "cost": cost, "results": res})
+                               "prompt_format": b.record(), "cost": cost, "results": res})

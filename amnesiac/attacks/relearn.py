@@ -14,7 +14,8 @@ import random
 import torch
 
 from ..core import encode_pairs
-from ..data.schema import QAItem, qa_answer, qa_prompt
+from ..data.prompt import bind
+from ..data.schema import QAItem
 from ..errors import UserError, check_choice, check_number
 from ..metrics.qa import exact_match_recall
 from ..models.train import train_lm
@@ -41,10 +42,12 @@ def split_forget(items: list[QAItem], fraction: float = 0.5, by: str = "item", s
     return [items[i] for i in sorted(idx[:k])], [items[i] for i in sorted(idx[k:])]
 
 
-def qa_examples(tok, items: list[QAItem]) -> list[tuple[list[int], int]]:
-    """Answer-only loss examples in the format the models are trained with (prompt → " answer</s>")."""
+def qa_examples(tok, items: list[QAItem], fmt=None) -> list[tuple[list[int], int]]:
+    """Answer-only loss examples in the prompt format the models are trained and measured with (data.prompt;
+    default: "Question: q\nAnswer:" → " answer</s>")."""
     eos = tok.eos_token or ""
-    return encode_pairs(tok, [qa_prompt(it.question) for it in items], [qa_answer(it.answer) + eos for it in items])
+    b = bind(fmt, tok)
+    return encode_pairs(tok, [b.item_prompt(it) for it in items], [b.item_answer(it, it.answer) + eos for it in items])
 
 
 def text_examples(tok, texts: list[str]) -> list[tuple[list[int], int]]:
@@ -99,33 +102,35 @@ def check_forget_items(forget) -> None:
 @register("attacks", "relearn")
 def relearn_attack(model, tok, forget=None, fraction: float = 0.5, steps: int = 20, lr: float = 1e-4,
                    batch_size: int = 8, by: str = "item", control: str | None = None, retain=None,
-                   texts: list[str] | None = None, seed: int = 0, evaluate: bool = True) -> AttackResult:
-    """Fine-tune k steps on a fraction of the forget set (or a benign control); recall on the held-out rest."""
+                   texts: list[str] | None = None, seed: int = 0, evaluate: bool = True, fmt=None) -> AttackResult:
+    """Fine-tune k steps on a fraction of the forget set (or a benign control); recall on the held-out rest.
+    fmt: the prompt format of the relearning examples and the recall measurements (data.prompt)."""
     check_relearn_options(fraction, steps, lr, batch_size, by, control)
     check_forget_items(forget)
+    fmt = bind(fmt, tok)
     train_items, held = split_forget(list(forget), fraction, by, seed)
     if control is None:
-        ex, source = qa_examples(tok, train_items), "forget"
+        ex, source = qa_examples(tok, train_items, fmt), "forget"
     elif control == "retain":
         if not retain:
             raise UserError("control='retain' needs a retain set", "pass --retain (retain=<list of QAItem>)")
         pool = list(retain)
         random.Random(seed).shuffle(pool)
-        ex, source = qa_examples(tok, pool[: max(len(train_items), 1)]), "retain"
+        ex, source = qa_examples(tok, pool[: max(len(train_items), 1)], fmt), "retain"
     elif control == "text":
         if not texts:
             raise UserError("control='text' needs unrelated texts", "pass --texts (texts=<list of str>)")
         ex, source = text_examples(tok, list(texts)), "text"
     cfg = {"fraction": fraction, "steps": steps, "lr": lr, "batch_size": batch_size, "by": by, "control": control,
            "seed": seed, "n_train_examples": len(ex), "n_heldout": len(held), "train_source": source}
-    rec: dict = {"attack": "relearn", "config": cfg}
+    rec: dict = {"attack": "relearn", "config": cfg, "prompt_format": fmt.record()}
     if evaluate:
-        rec["heldout_recall_before"] = exact_match_recall(model, tok, held).value
+        rec["heldout_recall_before"] = exact_match_recall(model, tok, held, fmt=fmt).value
     with measure_cost() as cost:
         out, log = finetune(model, tok, ex, steps, lr, batch_size, seed)
     rec.update(cost=cost, train_log=log, weight_change=_weight_change(out, model))
     if evaluate:
-        rec["heldout_recall_after"] = exact_match_recall(out, tok, held).value
-        rec["relearned_recall_after"] = exact_match_recall(out, tok, train_items).value
+        rec["heldout_recall_after"] = exact_match_recall(out, tok, held, fmt=fmt).value
+        rec["relearned_recall_after"] = exact_match_recall(out, tok, train_items, fmt=fmt).value
     rec["heldout_questions"] = [it.question for it in held]
     return AttackResult(out, rec)

@@ -8,9 +8,7 @@ from typing import Any
 
 from ..errors import UserError
 
-# The prompt format every tiny model is trained and evaluated with (one place, so training,
-# scoring and generation agree). Real chat models can pass their own template.
-QA_TEMPLATE = "Question: {question}\nAnswer:"
+from .prompt import QA_TEMPLATE  # the default prompt format (data.prompt: templates and chat formats)
 
 
 def qa_prompt(question: str, template: str = QA_TEMPLATE) -> str:

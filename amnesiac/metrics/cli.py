@@ -79,10 +79,15 @@ def register(app: typer.Typer) -> None:
             resolve_dtype(dtype)
         except ValueError as e:
             raise UserError(str(e)) from None
-        # every EvalConfig option was checked when the config was built; a shell-typed "\n" means a newline
-        cfg = dataclasses.replace(config, template=config.template.replace("\\n", "\n"))
+        # every EvalConfig option was checked when the config was built; an unlearned model's recorded prompt
+        # format is used unless prompt options were given (data.prompt.resolve_format: a different one is refused)
+        from ..data.prompt import resolve_format
+
+        fmt = resolve_format(config.prompt_format(), config.prompt_explicit(), model)
+        cfg = dataclasses.replace(config, template=fmt.template, chat_template=fmt.chat_template,
+                                  system_prompt=fmt.system_prompt)
         torch.manual_seed(cfg.seed)
-        template, max_length, seed = cfg.template, cfg.max_length, cfg.seed
+        max_length, seed = cfg.max_length, cfg.seed
         try:
             ed = resolve_data(data, auto=auto, retain=retain, holdout=holdout, real_authors=real_authors,
                               world_facts=world_facts, forget_text=forget_text, holdout_text=holdout_text)
@@ -93,11 +98,13 @@ def register(app: typer.Typer) -> None:
         from ..models.load import check_model_dir
 
         check_model_dir(model)
+        from ..models.load import load_tokenizer
+
+        bound = fmt.bind(load_tokenizer(model) if fmt.chat_template else None)  # no chat template: fails here
         if max_length is None:  # every scored sequence must fit the model's context (checked before it loads)
-            from ..data.schema import item_prompt, qa_answer
             from ..measure import check_context
 
-            qa = [item_prompt(it, template) + qa_answer(it.answer) for part in (ed.forget, ed.retain, ed.holdout,
+            qa = [bound.item_prompt(it) + bound.item_answer(it, it.answer) for part in (ed.forget, ed.retain, ed.holdout,
                   ed.real_authors, ed.world_facts) for it in (part or [])]
             texts = list(ed.forget_text or []) + list(ed.holdout_text or [])
             check_context(str(model), qa + texts, 0, "scored sequences",
@@ -113,6 +120,7 @@ def register(app: typer.Typer) -> None:
             res = evaluate(m, tok, ed, cfg, retrained=ref_ret, reference=refm)
             meta = {"model": str(model), "data": data, "sources": ed.sources, "data_hashes": ed.hashes(),
                     "sizes": {k: len(v) for k, v in ed.parts().items()}, "seed": seed, "config": cfg.__dict__,
+                    "prompt_format": fmt.bind(tok).record(),
                     "retrained": ref_ret.to_json() if ref_ret else None, "reference": str(reference) if reference else None,
                     "model_hash": next(iter(res.values())).meta.get("model_hash") if res else None,
                     "versions": versions(), "device": str(next(m.parameters()).device), "wall_s": round(time.time() - t0, 2)}

@@ -7,16 +7,18 @@ from __future__ import annotations
 import numpy as np
 
 from ..core import generate_greedy, score_pairs
-from ..data.schema import QA_TEMPLATE, QAItem, qa_answer, item_prompt, qa_prompt
+from ..data.prompt import bind
+from ..data.schema import QAItem
 from ..registry import register
 from .base import MetricResult, mean
 from .text import exact_match, rouge_tofu
 
 
 def qa_generate(model, tok, items: list[QAItem], max_new_tokens: int = 16, batch_size: int = 32,
-                template: str = QA_TEMPLATE, questions: list[str] | None = None, progress: bool = False) -> list[str]:
-    prompts = ([qa_prompt(q, template) for q in questions] if questions is not None
-               else [item_prompt(it, template) for it in items])
+                fmt=None, questions: list[str] | None = None, progress: bool = False) -> list[str]:
+    """Greedy answers (first line) to each item (or to `questions`) prompted through `fmt` (data.prompt; None: default)."""
+    b = bind(fmt, tok)
+    prompts = [b.prompt(q) for q in questions] if questions is not None else [b.item_prompt(it) for it in items]
     return generate_greedy(model, tok, prompts, max_new_tokens=max_new_tokens,
                            stop_strings=["\n"], batch_size=batch_size, progress=progress)
 
@@ -39,9 +41,10 @@ def rouge_recall(model, tok, items: list[QAItem], outputs: list[str] | None = No
 
 
 @register("metrics", "answer_prob")
-def answer_prob(model, tok, items: list[QAItem], batch_size: int = 32, template: str = QA_TEMPLATE) -> MetricResult:
+def answer_prob(model, tok, items: list[QAItem], batch_size: int = 32, fmt=None) -> MetricResult:
     """TOFU probability: P(a|q)^(1/|a|), the per-token geometric mean (docs/science.md §5)."""
-    sc = score_pairs(model, tok, [item_prompt(it, template) for it in items],
-                     [qa_answer(it.answer) for it in items], batch_size=batch_size)
+    b = bind(fmt, tok)
+    sc = score_pairs(model, tok, [b.item_prompt(it) for it in items],
+                     [b.item_answer(it, it.answer) for it in items], batch_size=batch_size)
     per = np.exp(sc.mean).tolist()
     return MetricResult("answer_prob", mean(per), per, True, {"n": len(items)})

@@ -199,9 +199,10 @@ def unlearn(model, forget, retain=None, *, tokenizer=None, out: str | os.PathLik
         raise UnlearnError(f"max_length {cfg.max_length} exceeds the model's context of {n_ctx} tokens",
                            f"use max_length ≤ {n_ctx}")
     limit = cfg.max_length or n_ctx
-    data = {"forget": make_split("forget", forget_items, tok, limit)}
+    fmt = cfg.prompt_format().bind(tok)  # a tokenizer without the asked chat template fails here
+    data = {"forget": make_split("forget", forget_items, tok, limit, fmt=fmt)}
     if retain_items is not None:
-        data["retain"] = make_split("retain", retain_items, tok, limit)
+        data["retain"] = make_split("retain", retain_items, tok, limit, fmt=fmt)
     notes = _truncation_notes(data, limit, cfg.max_length)
     if cfg.early_stop_recall is not None and not data["forget"].is_qa:
         raise UnlearnError("early stopping measures exact-match recall: it needs QA forget data")
@@ -284,7 +285,8 @@ def _run(model, source, tok, data, cfg, method, reg, robust, method_name, reg_na
         items = list(data["forget"].items)
         random.Random(f"monitor-{cfg.seed}").shuffle(items)
         items = items[: cfg.monitor_size]
-        monitor = lambda: float(exact_match_recall(ctx.model, tok, items).value)  # noqa: E731
+        fmt = data["forget"].fmt  # the training prompts' format: the monitor measures what was trained
+        monitor = lambda: float(exact_match_recall(ctx.model, tok, items, fmt=fmt).value)  # noqa: E731
 
     if robust is not None:
         robust.bind(ctx.model)
@@ -295,7 +297,7 @@ def _run(model, source, tok, data, cfg, method, reg, robust, method_name, reg_na
     ddp.barrier()  # scale
     record = {"method": method_name, "regularizer": reg_name, "sure": use_sure, "config": cfg.to_json(),
               "seed": cfg.seed, "model": str(source) if source else type(model).__name__,
-              "model_key": identity["model"],
+              "model_key": identity["model"], "prompt_format": data["forget"].fmt.record(),
               "data": {"forget": forget if isinstance(forget, str) else f"<{len(forget_items)} items>",
                        "retain": retain if isinstance(retain, (str, type(None))) else f"<{len(retain_items)} items>",
                        "forget_key": identity["forget"], "retain_key": identity["retain"]}}

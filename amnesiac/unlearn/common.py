@@ -13,7 +13,8 @@ from typing import Any, Sequence
 import torch
 
 from ..core.logprobs import Encoded, collate, encode_pairs, pad_id_of, scored_log_softmax, token_logprobs
-from ..data.schema import QAItem, item_prompt, qa_answer
+from ..data.prompt import bind
+from ..data.schema import QAItem
 from ..errors import UserError
 
 
@@ -25,13 +26,15 @@ class UnlearnError(UserError):
 class Split:
     """One encoded data set. `seqs[i]` = (token ids, start of the scored part) from core.encode_pairs.
 
-    QA: prompt = qa_prompt(q), continuation = qa_answer(a) + EOS → loss on answer tokens only (docs/science.md §2).
+    QA: prompt = fmt.item_prompt(q), continuation = fmt.item_answer(a) + EOS (data.prompt: the run's prompt format,
+    the one every measurement uses) → loss on answer tokens only (docs/science.md §2).
     Raw text: empty prompt → every token after BOS is scored."""
     name: str
     items: list  # QAItem | str
     seqs: list[tuple[list[int], int]]
     pad_id: int
     n_truncated: int = 0  # sequences cut to max_length (or the model's context) when encoded
+    fmt: Any = None  # data.prompt.BoundFormat the QA prompts were built with
 
     def __len__(self) -> int:
         return len(self.seqs)
@@ -46,15 +49,17 @@ class Split:
 
 
 def make_split(name: str, items: list, tok, max_length: int | None = None,
-               answers: Sequence[str] | None = None) -> Split:
-    """Encode QA items (or raw strings). `answers` overrides the gold answers (IdkDPO refusals)."""
+               answers: Sequence[str] | None = None, fmt=None) -> Split:
+    """Encode QA items (or raw strings). `answers` overrides the gold answers (IdkDPO refusals); `fmt` is the
+    prompt format (data.prompt.PromptFormat or a bound one; None: the default)."""
+    b = bind(fmt, tok)
     if not items:
         raise UnlearnError(f"{name} set is empty: nothing to train on")
     kinds = {type(x) for x in items}
     if kinds == {QAItem}:
         ans = list(answers) if answers is not None else [it.answer for it in items]
-        prompts = [item_prompt(it) for it in items]
-        conts = [qa_answer(a) + (tok.eos_token or "") for a in ans]
+        prompts = [b.item_prompt(it) for it in items]
+        conts = [b.item_answer(it, a) + (tok.eos_token or "") for it, a in zip(items, ans)]
     elif kinds == {str}:
         if answers is not None:
             raise UnlearnError(f"{name}: replacement answers need QA items, got raw text")
@@ -62,7 +67,7 @@ def make_split(name: str, items: list, tok, max_length: int | None = None,
     else:
         raise UnlearnError(f"{name} set mixes {sorted(k.__name__ for k in kinds)}; give QA items or raw strings, not both")
     seqs, n_cut = truncate(encode_pairs(tok, prompts, conts), max_length)
-    return Split(name, list(items), seqs, pad_id_of(tok), n_cut)
+    return Split(name, list(items), seqs, pad_id_of(tok), n_cut, b)
 
 
 def truncate(seqs: list[tuple[list[int], int]], max_length: int | None) -> tuple[list[tuple[list[int], int]], int]:

@@ -4,13 +4,16 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from ..data.prompt import PromptOptions
 from ..io import hash_obj
 from ..registry import lookup, registry
 from .common import UnlearnError
 
 
 @dataclass
-class UnlearnConfig:
+class UnlearnConfig(PromptOptions):
+    """Every unlearning option; the prompt format (PromptOptions: template, chat_template, system_prompt) builds
+    the training prompts and the early-stop monitor's, and is recorded in unlearn.json for the audit."""
     # objective (docs/science.md §2)
     method: str = "npo"  # ga | npo | simnpo | idkdpo | rmu, optionally with _gdr/_klr and _sure (e.g. npo_klr)
     regularizer: str | None = None  # none | gdr | klr (None: from the method name, else none)
@@ -111,6 +114,7 @@ class UnlearnConfig:
             num("monitor_size", self.monitor_size, ge=1, integer=True)
             num("log_every", self.log_every, ge=1, integer=True)
             check_choice("optimizer", self.optimizer, ("adamw", "adamw8bit"))
+            self.prompt_format()  # a template without {question}, or a system prompt without a chat template
             if self.robust_to is not None:
                 from ..attacks.quant.spec import parse_names
 

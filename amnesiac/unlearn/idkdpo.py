@@ -48,7 +48,8 @@ class IdkDPO(Method):
             raise UnlearnError("idkdpo needs QA forget data (question/answer): a refusal replaces the answer")
         rng = random.Random(f"idk-{ctx.cfg.seed}")  # fixed per example, so resume and reference agree
         refusals = [rng.choice(REFUSALS) for _ in forget.items]
-        ctx.data["forget_idk"] = make_split("forget_idk", forget.items, ctx.tok, ctx.cfg.max_length, answers=refusals)
+        ctx.data["forget_idk"] = make_split("forget_idk", forget.items, ctx.tok, ctx.cfg.max_length, answers=refusals,
+                                              fmt=forget.fmt)
 
     def forget_loss(self, ctx: Ctx, idx: list[int]) -> torch.Tensor:
         enc_l = ctx.data["forget"].encode(idx, ctx.device)

@@ -33,14 +33,13 @@ def decoder_layers(model, method: str):
     return layers
 
 
-def calib_texts_from_items(items) -> list[str]:
-    """Texts of a data set: a text item is itself; a QA item is its prompt followed by its answer."""
-    from ...data.schema import item_prompt, qa_answer
+def calib_texts_from_items(items, fmt=None) -> list[str]:
+    """Texts of a data set: a text item is itself; a QA item is its prompt followed by its answer, in prompt
+    format `fmt` (a data.prompt.BoundFormat; None: the default format)."""
+    from ...data.prompt import DEFAULT_FORMAT
 
-    out = []
-    for it in items:
-        out.append(it if isinstance(it, str) else item_prompt(it) + qa_answer(it.answer))
-    return out
+    b = fmt if fmt is not None else DEFAULT_FORMAT.bind(None)
+    return [it if isinstance(it, str) else b.item_prompt(it) + b.item_answer(it, it.answer) for it in items]
 
 
 def calib_batches(tok, texts: list[str], n: int = 128, max_len: int = 512, seed: int = 0,
