@@ -36,6 +36,8 @@ def sweep_recipe(cfg, lr: float) -> dict:
         opts["sure_percentile"] = cfg.sure_percentile
     if cfg.robust_to:
         opts["robust_to"] = cfg.robust_to
+    if cfg.prompt_explicit():  # the default format adds nothing (earlier runs' cache keys stay valid)
+        opts.update(template=cfg.template, chat_template=cfg.chat_template, system_prompt=cfg.system_prompt)
     return opts
 
 
@@ -66,15 +68,19 @@ def measure_key(model_path: str | Path, deployment: str, sets: dict[str, Sequenc
 
 def cached_measure(model_path: str | Path, deployment: str, sets: dict[str, Sequence], scoring, cache_dir: str | Path,
                    loaded=None, batch_size: int = 32, log=None, calib_texts: list[str] | None = None,
-                   **measure_kw) -> dict:
+                   fmt=None, **measure_kw) -> dict:
     """measure() of the model at `model_path` deployed as `deployment` (a quantizer name or "fp"), cached in
     cache_dir by content. `loaded`: a callable returning (model, tok) of model_path (lets a caller keep one
     model in memory across deployments). The model is never changed: deployments quantize a copy.
-    `calib_texts`: for calibrated quantizers (gptq*, awq*); part of the key."""
+    `calib_texts`: for calibrated quantizers (gptq*, awq*); part of the key. `fmt`: the prompt format
+    (data.prompt.PromptFormat; part of the key unless it is the default)."""
     from .attacks.quant.deploy import deploy
+    from .data.prompt import as_format
     from .measure import measure
 
-    extra = {**measure_kw, "calib": items_key(calib_texts)} if calib_texts else (measure_kw or None)
+    fmt = as_format(fmt)
+    key_kw = {**measure_kw, **({} if fmt.is_default else {"prompt_format": fmt.record()})}
+    extra = {**key_kw, "calib": items_key(calib_texts)} if calib_texts else (key_kw or None)
     cp = Path(cache_dir) / f"{measure_key(model_path, deployment, sets, scoring, extra)}.json"
     if cp.exists():
         return read_json(cp)["result"]
@@ -88,7 +94,7 @@ def cached_measure(model_path: str | Path, deployment: str, sets: dict[str, Sequ
     if log:
         log(f"measuring {Path(model_path).name} @ {deployment}")
     m = deploy(model, tok, deployment, calib_texts)[0]
-    r = measure(m, tok, sets, scoring, batch_size=batch_size, **measure_kw)
+    r = measure(m, tok, sets, scoring, batch_size=batch_size, fmt=fmt.bind(tok), **measure_kw)
     write_json(cp, {"model": str(model_path), "deployment": deployment, "scoring": scoring.to_json(),
                     "wall_s": round(time.time() - t, 2), "result": r})
     return r

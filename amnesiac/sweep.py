@@ -18,12 +18,13 @@ from .attacks.quant.spec import BIT_WIDTHS as BITS  # bit width -> deployment na
 from .errors import UserError
 from .io import hash_obj, read_json, versions, write_json
 from .models.resolve import model_content_key as content_key  # folders, .gguf, hub ids, adapters
+from .data.prompt import PromptOptions
 from .runs import cached_measure, cached_unlearn, items_key, sweep_recipe
 
 
 
 @dataclass
-class SweepConfig:
+class SweepConfig(PromptOptions):  # the prompt format (template, chat_template, system_prompt) of every run and measurement
     method: str = "npo_klr"
     lrs: list[float] = field(default_factory=lambda: [1e-6, 3e-6, 1e-5, 3e-5, 1e-4])
     bits: list[int] = field(default_factory=lambda: [16, 8, 4, 3])
@@ -34,6 +35,7 @@ class SweepConfig:
     seed: int = 0
 
     def check(self) -> None:
+        self.prompt_format()  # a template without {question}, a system prompt without a chat template
         bad = [b for b in self.bits if b not in BITS]
         if bad:
             raise UserError(f"unsupported bit widths {bad}; available: {sorted(BITS)} (16 = full precision)")
@@ -85,7 +87,8 @@ def _run_sweep(target: str | Path, forget, retain, out: str | Path, cfg: SweepCo
                 held.append(load_model(udir, device="cpu"))
             return held[0]
 
-        ev = {str(b): cached_measure(udir, BITS[b], sets, scoring, out / "cache", loaded=loaded) for b in cfg.bits}
+        ev = {str(b): cached_measure(udir, BITS[b], sets, scoring, out / "cache", loaded=loaded, fmt=cfg.prompt_format())
+              for b in cfg.bits}
         cp = out / "cache" / f"collapse-{hash_obj([content_key(target), content_key(udir)])}.json"
         if cp.exists():
             d = read_json(cp)
@@ -100,7 +103,7 @@ def _run_sweep(target: str | Path, forget, retain, out: str | Path, cfg: SweepCo
                          "collapse_rate_4bit": d["collapse_rate"], "drift_kept_4bit": d["drift_kept"], "model": str(udir)})
     summary = {"schema": "amnesiac.sweep/2", "config": cfg.__dict__, "target": str(target),
                "target_key": content_key(target), "data": {"forget": items_key(forget), "retain": items_key(retain)},
-               "scoring": scoring.to_json(), "rows": rows, "versions": versions(), "wall_s": round(time.time() - t0, 1)}
+               "scoring": scoring.to_json(), "prompt_format": cfg.prompt_format().record(), "rows": rows, "versions": versions(), "wall_s": round(time.time() - t0, 1)}
     write_json(out / "summary.json", summary)
     _plots(summary, out)
     return summary

@@ -34,13 +34,14 @@ import torch
 from .attacks.quant.spec import BIT_WIDTHS as BITS  # bit width -> deployment name; 4 = the release grid
 from .errors import UserError
 from .io import content_key, hash_obj, read_json, versions, write_json
+from .data.prompt import PromptOptions
 from .runs import cached_measure, cached_unlearn, sweep_recipe
 
 RELEASE_GRID = BITS[4]
 
 
 @dataclass
-class OffsetSweepConfig:
+class OffsetSweepConfig(PromptOptions):  # the prompt format (template, chat_template, system_prompt) of every run and measurement
     method: str = "npo_klr"
     lr: float = 1e-4
     offsets: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.2, 0.4])
@@ -52,6 +53,7 @@ class OffsetSweepConfig:
     seed: int = 0
 
     def check(self) -> None:
+        self.prompt_format()  # a template without {question}, a system prompt without a chat template
         bad = [b for b in self.bits if b not in BITS]
         if bad:
             raise UserError(f"unsupported bit widths {bad}; available: {sorted(BITS)} (16 = full precision)")
@@ -140,8 +142,9 @@ def build_offset_target(target: Path, offset: float, seed: int, out: Path, log=p
     return dst
 
 
-def _recalls(model_dir: Path, forget, retain, bits: list[int], scoring, cache: Path) -> dict:
-    """Mean forget / retain score of `model_dir` at each bit width (runs.cached_measure, keyed by content)."""
+def _recalls(model_dir: Path, forget, retain, bits: list[int], scoring, cache: Path, fmt=None) -> dict:
+    """Mean forget / retain score of `model_dir` at each bit width in prompt format `fmt` (runs.cached_measure,
+    keyed by content)."""
     from .models import load_model
 
     held: list = []
@@ -153,7 +156,7 @@ def _recalls(model_dir: Path, forget, retain, bits: list[int], scoring, cache: P
 
     out = {}
     for b in bits:
-        r = cached_measure(model_dir, BITS[b], {"forget": forget, "retain": retain}, scoring, cache, loaded=loaded)
+        r = cached_measure(model_dir, BITS[b], {"forget": forget, "retain": retain}, scoring, cache, loaded=loaded, fmt=fmt)
         out[str(b)] = {"forget_recall": float(np.mean(r["forget"][scoring.metric])),
                        "retain_recall": float(np.mean(r["retain"][scoring.metric]))}
     return {"bits": out}
@@ -189,8 +192,8 @@ def _run_offset_sweep(target: str | Path, forget, retain, out: str | Path, cfg: 
         opts = sweep_recipe(cfg, cfg.lr)
         udir = cached_unlearn(tdir, forget, retain, opts, out / "models", tag=f"offset{o:g}",
                               log=lambda m: log(f"[sweep] {m}"))
-        ev_t = _recalls(tdir, forget, retain, cfg.bits, scoring, out / "cache")
-        ev_u = _recalls(udir, forget, retain, cfg.bits, scoring, out / "cache")
+        ev_t = _recalls(tdir, forget, retain, cfg.bits, scoring, out / "cache", cfg.prompt_format())
+        ev_u = _recalls(udir, forget, retain, cfg.bits, scoring, out / "cache", cfg.prompt_format())
         cp = out / "cache" / f"collapse-{hash_obj([content_key(tdir), content_key(udir)])}.json"
         if not cp.exists():
             tmodel, _ = load_model(tdir, device="cpu")
@@ -208,7 +211,7 @@ def _run_offset_sweep(target: str | Path, forget, retain, out: str | Path, cfg: 
                          "realised_offset_mean": realised["mean"], "realised_at_requested": realised["at_requested"],
                          "target": str(tdir), "model": str(udir)})
     summary = {"schema": "amnesiac.sweep_offset/2", "config": cfg.__dict__, "source_target": str(target),
-               "scoring": scoring.to_json(),
+               "scoring": scoring.to_json(), "prompt_format": cfg.prompt_format().record(),
                "release_grid": q4.config(), "rows": rows, "seed": cfg.seed, "versions": versions(),
                "wall_s": round(time.time() - t0, 1)}
     write_json(out / "summary.json", summary)

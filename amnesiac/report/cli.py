@@ -90,7 +90,10 @@ def register(app: typer.Typer) -> None:
                   max_steps: int = typer.Option(60, help="optimizer steps per run (no early stop: a fixed budget)"),
                   seed: int = typer.Option(0, help="unlearning seed; with --grid-offset also the offset directions"),
                   out: Optional[Path] = typer.Option(None, help="output folder, runs cached per point "
-                                                               "(default sweep/, or sweep_offset/ with --grid-offset)")):
+                                                               "(default sweep/, or sweep_offset/ with --grid-offset)"),
+                  template: Optional[str] = typer.Option(None, help="QA prompt template with a {question} placeholder"),
+                  chat_template: bool = typer.Option(False, help="wrap each question in the tokenizer's chat template"),
+                  system_prompt: Optional[str] = typer.Option(None, help="system message (needs --chat-template)")):
         """The paper's learning-rate figure (forget/retain recall vs lr at each precision, collapse rate vs lr), or
         with --grid-offset recovery vs how far the target sits off the release grid."""
         from rich.console import Console
@@ -114,13 +117,15 @@ def register(app: typer.Typer) -> None:
                 raise typer.BadParameter("--grid-offset sweeps offsets at one learning rate; give one --lr")
             cfg = OffsetSweepConfig(method=method, lr=lrs[0], offsets=floats(grid_offset, "--grid-offset"),
                                     bits=bit_list or [16, 8, 4], sure_percentile=sure, robust_to=robust_to,
-                                    max_steps=max_steps, seed=seed)
+                                    max_steps=max_steps, seed=seed, template=template, chat_template=chat_template,
+                                    system_prompt=system_prompt)
         else:
             from ..sweep import SweepConfig
 
             cfg = SweepConfig(method=method, lrs=floats(lr or "1e-6,3e-6,1e-5,3e-5,1e-4", "--lr"),
                               bits=bit_list or [16, 8, 4, 3], sure_percentile=sure, robust_to=robust_to,
-                              max_steps=max_steps, seed=seed)
+                              max_steps=max_steps, seed=seed, template=template, chat_template=chat_template,
+                              system_prompt=system_prompt)
         try:
             cfg.check()
         except ValueError as e:
