@@ -225,6 +225,7 @@ class Audit:
 
             tok = load_tokenizer(self.target)
         b = self._fmt.bind(tok)
+        self._rendered = b.record()  # as rendered for the target's tokenizer (summary.json)
         texts = [b.item_prompt(it) + b.item_answer(it, it.answer) for it in list(self.forget) + list(self.retain)]
         check_context(self.target, texts, GEN_BUDGET_SLACK, "forget/retain items",
                       "the audit generates the answer after each prompt: shorten or drop those items")
@@ -264,7 +265,6 @@ class Audit:
                           "utility": [cfg.utility, cfg.utility_limit, cfg.utility_task_dirs]})
         res: dict[str, dict] = {m: {} for m in models}
         costs: dict[str, dict] = {}
-        rendered = None  # the format as rendered for the first model's tokenizer (recorded in summary.json)
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(models) * len(attacks), desc="audit")
@@ -282,7 +282,6 @@ class Audit:
                 if loaded is None:
                     loaded = self._load(path)
                 model, tok = loaded
-                rendered = rendered or self._bind(tok).record()
                 s = time.time()
                 r = self._one(model, tok, a, retain, scoring)
                 costs[f"{m}/{a}"] = {"wall_s": round(time.time() - s, 3)}
@@ -325,7 +324,7 @@ class Audit:
             "schema": "amnesiac.audit/2", "verdict": {k: v[k] for k in v if k != "rows"}, "models": models,
             "model_keys": keys, "attacks": attacks, "skipped_attacks": skipped, "scoring": scoring.to_json(),
             "metrics": present, "results": metric_summaries(res, present, cfg.seed), "recovery": v["rows"],
-            "collapse": collapse, "mia": mia, "prompt_format": rendered or self._format().record(),
+            "collapse": collapse, "mia": mia, "prompt_format": self._rendered,
             "config": {**asdict(cfg), "n_forget": len(self.forget), "n_retain_evaluated": len(retain)},
             "costs": costs, "versions": versions(), "seed": cfg.seed, "wall_s": round(time.time() - t0, 2),
             "peak_memory": peak_memory(),

@@ -53,6 +53,17 @@ class DemoConfig:
     max_retain: int = 300  # retain items evaluated
     n_boot: int = 10000  # p ≥ 1/(n_boot+1): with ~50 deployments judged, Holm needs p well below 0.025/50
     smollm2: bool = False  # append the SmolLM2 rows (`amnesiac demo --smollm2`: the CLI composes the two experiments)
+    template: str | None = None  # QA prompt template ({question}) the tiny models are trained, unlearned and measured with (default 'Question: {question}\nAnswer:'; their tokenizers have no chat template)
+
+    def prompt_format(self):
+        from .data.prompt import PromptFormat
+
+        return PromptFormat.of(self.template)
+
+    def template_kw(self) -> dict:
+        """tiny.prepare / unlearn keyword for a non-default template (the default adds nothing: same cache keys)."""
+        f = self.prompt_format()
+        return {} if f.is_default else {"template": f.template}
 
     def __post_init__(self) -> None:
         """Every option checked before the (long) preparation starts."""
@@ -64,6 +75,7 @@ class DemoConfig:
 
         if self.size not in SIZES:
             raise UserError(f"unknown size {self.size!r}; available: {', '.join(SIZES)}")
+        self.prompt_format()  # a template without {question} or with another field
         if not self.methods:
             raise UserError("no unlearning method given", "e.g. --methods npo_klr,ga_gdr")
         for m in self.methods:
@@ -104,6 +116,7 @@ def run_unlearning(target: Path, method: str, sure: bool, cfg: DemoConfig, forge
             opts["sure_percentile"] = cfg.sure_percentile
         if robust:
             opts["robust_to"] = cfg.robust_to
+        opts.update(cfg.template_kw())
         out = cached_unlearn(target, forget, retain, opts, target.parent / "unlearned", tag=tag,
                              log=lambda m: log(f"[demo] {m}"))
         if read_json(out / "unlearn.json").get("stopped_early"):
@@ -127,8 +140,8 @@ def eval_row(model_dir: Path, forget, retain, cfg: DemoConfig, cache_dir: Path, 
         return held[0]
 
     sets = {"forget": forget, "retain": retain}
-    row: dict = {"precisions": {p: cached_measure(model_dir, name, sets, scoring, cache_dir, loaded=loaded)
-                                for p, name in PRECISIONS.items()}}
+    row: dict = {"precisions": {p: cached_measure(model_dir, name, sets, scoring, cache_dir, loaded=loaded,
+                                                  fmt=cfg.prompt_format()) for p, name in PRECISIONS.items()}}
     if target_dir is not None:
         cp = cache_dir / f"collapse-{hash_obj([content_key(model_dir), content_key(target_dir), PRECISIONS['4bit']])}.json"
         if cp.exists():
@@ -163,9 +176,9 @@ def _run_demo(cfg: DemoConfig | None, out: Path, log) -> dict:
     cfg = cfg or DemoConfig()
     t0 = time.time()
     out = Path(out)
-    paths = tiny.prepare(cfg.size, cfg.seed, log=log)
+    paths = tiny.prepare(cfg.size, cfg.seed, log=log, **cfg.template_kw())
     t_prep = time.time() - t0
-    tcfg = tiny.default_config(cfg.size, cfg.seed)
+    tcfg = tiny.default_config(cfg.size, cfg.seed, **cfg.template_kw())
     data = build_bios(tcfg["bios"])
     forget = load_qa_jsonl(data / f"{tcfg['forget']}.jsonl")
     retain_all = load_qa_jsonl(data / f"retain{100 - int(tcfg['forget'][-2:])}.jsonl")
@@ -209,7 +222,7 @@ def _run_demo(cfg: DemoConfig | None, out: Path, log) -> dict:
                "prepare_s": round(t_prep, 1), "unlearn_s": times, "wall_s": round(time.time() - t0, 1),
                "models": {k: str(v) for k, v in paths.items()}, "versions": versions(), "seed": cfg.seed,
                "release_grid": RELEASE_GRID, "precisions": PRECISIONS, "margin": MARGIN,
-               "scoring": scoring.to_json(),
+               "scoring": scoring.to_json(), "prompt_format": cfg.prompt_format().record(),
                "collapse_per_layer": {f"{sc}/{name}": r["collapse_per_layer"] for (sc, name), r in raw.items()
                                       if "collapse_per_layer" in r}}
     out.mkdir(parents=True, exist_ok=True)

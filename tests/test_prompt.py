@@ -236,3 +236,35 @@ def test_eval_and_attack_verbs_record_the_format(chat_dirs, qa_people):
     r = CliRunner().invoke(app, ["attack", "probe", "--model", str(chat_dirs / "target"), "--forget", str(data),
                                  "--device", "cpu", "--system-prompt", "x"])
     assert r.exit_code == 2 and "needs --chat-template" in r.output
+
+
+def test_experiments_carry_the_format_and_keep_default_keys(tmp_path):
+    from amnesiac.demo import DemoConfig
+    from amnesiac.models import tiny
+    from amnesiac.reproduce.tofu import TofuConfig
+    from amnesiac.runs import sweep_recipe
+    from amnesiac.sweep import SweepConfig
+
+    # the default format adds nothing to a recipe or a model config: earlier cache keys stay valid
+    assert tiny.default_config("xs", 0, template=QA_TEMPLATE) == tiny.default_config("xs", 0)
+    assert "template" not in sweep_recipe(SweepConfig(), 1e-4)
+    assert TofuConfig().model_part() == TofuConfig(template=QA_TEMPLATE).model_part()
+    assert DemoConfig().template_kw() == {} and DemoConfig(template="Q: {question}\\nA:").template_kw() == {
+        "template": "Q: {question}\nA:"}
+    custom = tiny.default_config("xs", 0, template="Q: {question}\nA:")
+    assert custom["template"] == "Q: {question}\nA:" and tiny.model_dir(custom) != tiny.model_dir(tiny.default_config())
+    assert TofuConfig(template="Q: {question}\nA:").model_part()["template"] == "Q: {question}\nA:"
+    r = sweep_recipe(SweepConfig(chat_template=True, system_prompt="Be brief."), 1e-4)
+    assert r["chat_template"] and r["system_prompt"] == "Be brief."
+    with pytest.raises(UserError, match="unknown field"):
+        DemoConfig(template="{question} {x}")
+    with pytest.raises(UserError, match="placeholder"):
+        TofuConfig(template="Q:").check()
+
+
+def test_tofu_training_examples_follow_the_template(tok):
+    from amnesiac.reproduce.tofu_models import encode_qa
+
+    (ids, start), = encode_qa(tok, [("Who?", "Ann")], "Q: {question}\nA:")
+    assert tok.decode(ids[:start], skip_special_tokens=True) == "Q: Who?\nA:"
+    assert encode_qa(tok, [("Who?", "Ann")]) == encode_qa(tok, [("Who?", "Ann")], QA_TEMPLATE)

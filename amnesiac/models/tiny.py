@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from ..data import bios
-from ..data.schema import qa_answer, qa_prompt
+from ..data.schema import QA_TEMPLATE, qa_answer, qa_prompt
 from ..io import amnesiac_home, hash_obj, read_json, versions, write_json
 from .tokenizer import TOKENIZER_VERSION
 
@@ -40,15 +40,22 @@ RECIPES = {
 
 
 def default_config(size: str = "xs", seed: int = 0, n_people: int | None = None, n_pretrain_people: int = 1000,
-                   forget: str = "forget10") -> dict:
+                   forget: str = "forget10", template: str | None = None) -> dict:
+    """The tiny models' recipe; `template`: the QA prompt template they are trained with (data.prompt; part of the
+    config, and so of the cache key, only when it is not the default)."""
     if size not in SIZES:
         from ..errors import UserError
 
         raise UserError(f"unknown size {size!r}; available: {', '.join(SIZES)}")
     n_people = PEOPLE[size] if n_people is None else n_people
-    return {"size": size, "arch": SIZES[size], "recipe": RECIPES[size], "seed": seed,
-            "bios": {"n_people": n_people, "n_pretrain_people": n_pretrain_people, "seed": seed},
-            "forget": forget, "n_filler": n_pretrain_people, "tokenizer": TOKENIZER_VERSION}
+    cfg = {"size": size, "arch": SIZES[size], "recipe": RECIPES[size], "seed": seed,
+           "bios": {"n_people": n_people, "n_pretrain_people": n_pretrain_people, "seed": seed},
+           "forget": forget, "n_filler": n_pretrain_people, "tokenizer": TOKENIZER_VERSION}
+    if template is not None and template != QA_TEMPLATE:
+        from ..data.prompt import PromptFormat
+
+        cfg["template"] = PromptFormat(template).template  # checked: {question} and nothing else
+    return cfg
 
 
 BASE_KEYS = ("base_epochs", "base_lr", "base_batch_size")
@@ -70,10 +77,10 @@ def model_paths(cfg: dict) -> dict[str, Path]:
     return {"base": root / "base", "target": root / f"target-{ft}", "retrained": root / f"retrained-{ft}"}
 
 
-def _qa_example(tok, question: str, answer: str):
+def _qa_example(tok, question: str, answer: str, template: str = QA_TEMPLATE):
     from ..core.logprobs import encode_pairs
 
-    return encode_pairs(tok, [qa_prompt(question)], [qa_answer(answer) + tok.eos_token])[0]
+    return encode_pairs(tok, [qa_prompt(question, template)], [qa_answer(answer) + tok.eos_token])[0]
 
 
 def _text_example(tok, text: str):
@@ -97,7 +104,7 @@ def build_llama(arch: dict, tok):
     return model
 
 
-def _people_examples(tok, people, rng, renders: int, qa: bool, all_questions: bool):
+def _people_examples(tok, people, rng, renders: int, qa: bool, all_questions: bool, template: str = QA_TEMPLATE):
     ex = []
     for p in people:
         for _ in range(renders):
@@ -105,18 +112,18 @@ def _people_examples(tok, people, rng, renders: int, qa: bool, all_questions: bo
         if qa:
             for it in bios.qa_items(p, rng):
                 qs = [it.question] + (it.paraphrased_questions if all_questions else [])
-                ex += [_qa_example(tok, q, it.answer) for q in qs]
+                ex += [_qa_example(tok, q, it.answer, template) for q in qs]
     return ex
 
 
-def exact_match_recall(model, tok, items, batch_size: int = 32) -> float:
+def exact_match_recall(model, tok, items, batch_size: int = 32, template: str = QA_TEMPLATE) -> float:
     """Share of items whose greedy answer (≤ 16 tokens, first line) matches exactly: the training criterion
     (the same computation as metrics.qa.exact_match_recall, without importing the metrics layer)."""
     from ..core import generate_greedy
     from ..data.answers import exact_match
     from ..data.schema import item_prompt
 
-    outs = generate_greedy(model, tok, [item_prompt(it) for it in items], max_new_tokens=16, stop_strings=["\n"],
+    outs = generate_greedy(model, tok, [item_prompt(it, template) for it in items], max_new_tokens=16, stop_strings=["\n"],
                            batch_size=batch_size)
     return float(sum(exact_match(o, it.answer) for o, it in zip(outs, items)) / max(1, len(items)))
 
@@ -141,6 +148,7 @@ def prepare(size: str = "xs", seed: int = 0, force: bool = False, log=print, **k
     data_dir = build_bios(cfg["bios"])
     rng = random.Random(seed)
     rec = cfg["recipe"]
+    template = cfg.get("template", QA_TEMPLATE)
     threads = torch.get_num_threads()
 
     # Tokenizer: trained on the pretraining corpus + the benchmark's own text (a tokenizer that
@@ -165,7 +173,7 @@ def prepare(size: str = "xs", seed: int = 0, force: bool = False, log=print, **k
     if force or not (paths["base"] / "train.json").exists():
         t0 = time.time()
         log(f"[prepare] base: pretraining on {len(g['pretrain'])} other people + filler")
-        ex = _people_examples(tok, g["pretrain"], rng, renders=1, qa=True, all_questions=True)
+        ex = _people_examples(tok, g["pretrain"], rng, renders=1, qa=True, all_questions=True, template=template)
         ex += [_text_example(tok, s) for s in bios.filler_sentences(rng, cfg["n_filler"])]
         model = build_llama(cfg["arch"], tok)
         steps = train_lm(model, ex, tok.pad_token_id, epochs=rec["base_epochs"], lr=rec["base_lr"],
@@ -181,7 +189,8 @@ def prepare(size: str = "xs", seed: int = 0, force: bool = False, log=print, **k
             continue
         t0 = time.time()
         log(f"[prepare] {name}: fine-tuning base on {len(people)} people")
-        ex = _people_examples(tok, people, random.Random(seed + 7), renders=rec["renders"], qa=True, all_questions=False)
+        ex = _people_examples(tok, people, random.Random(seed + 7), renders=rec["renders"], qa=True, all_questions=False,
+                              template=template)
         model = AutoModelForCausalLM.from_pretrained(str(paths["base"]), dtype=torch.float32)
         train_items = [it for p in people for it in bios.qa_items(p, random.Random(0))]
         rounds: list[dict] = []
@@ -189,7 +198,7 @@ def prepare(size: str = "xs", seed: int = 0, force: bool = False, log=print, **k
         def check(ep: int) -> bool:  # every `check_every` epochs: recall on the training questions
             if ep % rec["check_every"]:
                 return False
-            r = exact_match_recall(model, tok, train_items)
+            r = exact_match_recall(model, tok, train_items, template=template)
             model.train()
             rounds.append({"epochs": ep, "train_recall": r, "t": round(time.time() - t0, 1)})
             log(f"[prepare] {name}: {ep} epochs, recall on its training questions {r:.3f}")
@@ -202,7 +211,7 @@ def prepare(size: str = "xs", seed: int = 0, force: bool = False, log=print, **k
         recall = {}
         for split in (cfg["forget"], "retain" + str(100 - int(cfg["forget"][-2:]))):
             items = load_qa_jsonl(data_dir / f"{split}.jsonl")
-            recall[split] = exact_match_recall(model, tok, items)
+            recall[split] = exact_match_recall(model, tok, items, template=template)
         log(f"[prepare] {name}: exact-match recall {recall}")
         finish(name, model, steps, t0, {"n_examples": len(ex), "recall": recall, "n_people": len(people),
                                          "rounds": rounds, "epochs": epochs,

@@ -134,7 +134,8 @@ def register(app: typer.Typer) -> None:
             from ..demo import scenario_models
             from ..models import tiny
 
-            target = scenario_models(tiny.prepare("xs", 0, log=c.print), scenario, c.print)["target"]
+            kw = {"template": cfg.prompt_format().template} if template is not None else {}  # trained in it too
+            target = scenario_models(tiny.prepare("xs", 0, log=c.print, **kw), scenario, c.print)["target"]
         fset, rset = load_dataset(forget), load_dataset(retain)
         if grid_offset is not None:
             from ..sweep_offset import run_offset_sweep

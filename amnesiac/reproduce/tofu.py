@@ -57,8 +57,20 @@ class TofuConfig:
     precisions: list[str] = field(default_factory=lambda: list(PRECISION_NAMES))  # columns of scenarios.PRECISIONS
     max_new_tokens: int = 64  # greedy answers for ROUGE (TOFU answers: 49 tokens on average with this tokenizer)
     n_items: int | None = None  # miniature runs (tests): first n items of each split; None = all of TOFU
+    template: str | None = None  # QA prompt template ({question}) the models are trained, unlearned and measured with (default 'Question: {question}\nAnswer:'; the trained tokenizer has no chat template)
+
+    def prompt_format(self):
+        from ..data.prompt import PromptFormat
+
+        return PromptFormat.of(self.template)
+
+    def template_kw(self) -> dict:
+        """The template as a keyword when it is not the default (the default adds nothing: same cache keys)."""
+        f = self.prompt_format()
+        return {} if f.is_default else {"template": f.template}
 
     def check(self) -> None:
+        self.prompt_format()  # a template without {question} or with another field
         bad = [p for p in self.precisions if p not in PRECISIONS]
         if bad:
             raise UserError(f"unknown precision(s) {bad}; available: {', '.join(PRECISIONS)}")
@@ -74,7 +86,7 @@ class TofuConfig:
         """What the tokenizer/base/target/retrained depend on (their cache key; budget excluded)."""
         keys = ("seed", "arch", "vocab", "pretrain_people", "base_epochs", "base_lr", "ft_epochs", "ft_lr",
                 "batch_size", "forget", "n_items")
-        return {k: getattr(self, k) for k in keys}
+        return {**{k: getattr(self, k) for k in keys}, **self.template_kw()}
 
 
 def load_tofu(cfg: TofuConfig) -> dict[str, list]:
@@ -103,6 +115,7 @@ def run_unlearning(target: Path, method: str, sure: bool, cfg: TofuConfig, forge
                 schedule="constant", batch_size=cfg.unlearn_batch_size, seed=cfg.seed)
     if sure:
         opts["sure_percentile"] = cfg.sure_percentile
+    opts.update(cfg.template_kw())
     return cached_unlearn(target, forget, retain, opts, target.parent / "unlearned",
                           tag=method + ("_sure" if sure else ""), log=lambda m: log(f"[tofu] {m}"))
 
@@ -119,7 +132,7 @@ def eval_model(model_dir: Path, precision: str, data, cfg: TofuConfig, ref_truth
     from ..evaluate import EvalConfig, RetrainedRef, evaluate
 
     key = hash_obj({"m": content_key(model_dir), "p": PRECISIONS[precision],
-                    "d": data.hashes(), "ref": ref_truth_ratios, "n": cfg.max_new_tokens, "v": 2})
+                    "d": data.hashes(), "ref": ref_truth_ratios, "n": cfg.max_new_tokens, "v": 2, **cfg.template_kw()})
     cp = cache / f"{key}.json"
     if cp.exists():
         return read_json(cp)
@@ -130,7 +143,7 @@ def eval_model(model_dir: Path, precision: str, data, cfg: TofuConfig, ref_truth
     ref = RetrainedRef(truth_ratios=ref_truth_ratios, source="retrained model, same precision") if ref_truth_ratios else None
     t0 = time.time()
     res = evaluate(model, tok, data, EvalConfig(batch_size=128, qa_max_new_tokens=cfg.max_new_tokens, n_bootstrap=200,
-                                                 seed=cfg.seed), retrained=ref)
+                                                 seed=cfg.seed, **cfg.template_kw()), retrained=ref)
     mu = res["model_utility"]
     row = {k: res[k].value for k in KEEP if k in res}
     row.update({"model_utility": mu.value, "model_utility_complete": mu.meta["complete"],
@@ -206,7 +219,7 @@ def _run_tofu(cfg: TofuConfig | None, out: str | Path, log) -> dict:
                "verdicts": verdicts,
                "models_s": round(t_models, 1), "step_s": times, "wall_s": round(time.time() - t0, 1),
                "models": {k: str(v) for k, v in paths.items()}, "seed": cfg.seed, "versions": versions(),
-               "data": {k: len(v) for k, v in d.items()}}
+               "data": {k: len(v) for k, v in d.items()}, "prompt_format": cfg.prompt_format().record()}
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "summary.json", summary)
     from .tofu_report import write_tofu_report

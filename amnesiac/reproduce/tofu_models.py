@@ -50,11 +50,13 @@ def pretrain_corpus(n_people: int, seed: int) -> tuple[list[str], list[tuple[str
     return texts, qa
 
 
-def encode_qa(tok, pairs: list[tuple[str, str]]):
+def encode_qa(tok, pairs: list[tuple[str, str]], template: str | None = None):
+    """Answer-only training examples in the QA template (data.prompt; None: the default)."""
     from ..core.logprobs import encode_pairs
-    from ..data.schema import qa_answer, qa_prompt
+    from ..data.schema import QA_TEMPLATE, qa_answer, qa_prompt
 
-    return encode_pairs(tok, [qa_prompt(q) for q, _ in pairs], [qa_answer(a) + tok.eos_token for _, a in pairs])
+    t = template or QA_TEMPLATE
+    return encode_pairs(tok, [qa_prompt(q, t) for q, _ in pairs], [qa_answer(a) + tok.eos_token for _, a in pairs])
 
 
 def encode_text(tok, texts: list[str]):
@@ -198,12 +200,12 @@ def prepare_tofu(cfg: dict, data: dict[str, list], budget_s: float | None = None
         log(f"[tofu] base: pretraining on {len(texts)} bios texts, {len(bios_qa)} bios QA, {len(world)} real-world QA")
         torch.manual_seed(seed)
         save_model(build_llama(cfg["arch"], tok), tok, root / "init")
-        ex = encode_text(tok, texts) + encode_qa(tok, bios_qa) + encode_qa(tok, world)
+        ex = encode_text(tok, texts) + encode_qa(tok, bios_qa, cfg.get("template")) + encode_qa(tok, world, cfg.get("template"))
         finetune(root / "init", ex, paths["base"], cfg["base_epochs"], cfg["base_lr"], cfg["batch_size"], seed,
                  None, log=log, desc="base", extra={"corpus": {"bios_texts": len(texts), "bios_qa": len(bios_qa),
                                                                 "real_world_qa": len(world)}})
     for name, split in (("target", "full"), ("retrained", "retain90")):
         pairs = [(it.question, it.answer) for it in data[split]]
-        finetune(paths["base"], encode_qa(tok, pairs), paths[name], cfg["ft_epochs"], cfg["ft_lr"], cfg["batch_size"],
+        finetune(paths["base"], encode_qa(tok, pairs, cfg.get("template")), paths[name], cfg["ft_epochs"], cfg["ft_lr"], cfg["batch_size"],
                  seed + 1, budget_s, log=log, desc=name, extra={"split": split})
     return paths
