@@ -268,3 +268,15 @@ def test_tofu_training_examples_follow_the_template(tok):
     (ids, start), = encode_qa(tok, [("Who?", "Ann")], "Q: {question}\nA:")
     assert tok.decode(ids[:start], skip_special_tokens=True) == "Q: Who?\nA:"
     assert encode_qa(tok, [("Who?", "Ann")]) == encode_qa(tok, [("Who?", "Ann")], QA_TEMPLATE)
+
+
+def test_the_format_is_part_of_the_training_identity():
+    from amnesiac.io import hash_obj
+    from amnesiac.unlearn import UnlearnConfig
+
+    c = UnlearnConfig()
+    old = {k: v for k, v in c.to_json().items()
+           if k not in (*c._NON_TRAINING, "template", "chat_template", "system_prompt")}
+    assert c.training_hash() == hash_obj(old)  # checkpoints of the default format resume as before
+    assert UnlearnConfig(chat_template=True).training_hash() != c.training_hash()
+    assert UnlearnConfig(template="Q: {question}").training_hash() != c.training_hash()

@@ -134,8 +134,10 @@ class UnlearnConfig(PromptOptions):
         return d
 
     def training_hash(self) -> str:
-        d = {k: v for k, v in self.to_json().items() if k not in self._NON_TRAINING}
-        return hash_obj(d)
+        skip = set(self._NON_TRAINING)
+        if not self.prompt_explicit():  # the default prompt format: checkpoints written before the option resume
+            skip |= {"template", "chat_template", "system_prompt"}
+        return hash_obj({k: v for k, v in self.to_json().items() if k not in skip})
 
     @classmethod
     def from_kwargs(cls, **kw) -> "UnlearnConfig":
