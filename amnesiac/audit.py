@@ -261,7 +261,7 @@ class Audit:
         data_key = hash_obj({"forget": [it.to_json() for it in self.forget], "retain": [it.to_json() for it in retain],
                              "scoring": scoring.to_json(), "seed": cfg.seed, "batch": cfg.batch_size,
                              "relearn": [cfg.relearn_steps, cfg.relearn_lr], "v": 2, "dtype": cfg.dtype,
-                             "prompt_format": self._format().record(),
+                             **({} if self._format().is_default else {"prompt_format": self._format().record()}),
                           "utility": [cfg.utility, cfg.utility_limit, cfg.utility_task_dirs]})
         res: dict[str, dict] = {m: {} for m in models}
         costs: dict[str, dict] = {}
@@ -374,8 +374,8 @@ class Audit:
         from .measure import measure
 
         cp = self.out / "cache" / "target__holdout_floor.json"
-        key = hash_obj([content_key(self.target), [it.to_json() for it in self.holdout], scoring.to_json(),
-                        self._format().record()])
+        key = hash_obj([content_key(self.target), [it.to_json() for it in self.holdout], scoring.to_json()]
+                       + ([] if self._format().is_default else [self._format().record()]))
         if cp.exists() and read_json(cp).get("key") == key:
             return read_json(cp)["floor"]
         model, tok = self._load(self.target)
