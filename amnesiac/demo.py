@@ -22,7 +22,7 @@ from .io import amnesiac_home, content_key, hash_obj, read_json, versions, write
 from .metrics.recovery import MARGIN
 from .runs import cached_measure, cached_unlearn
 
-from .scenarios import PRECISIONS, RELEASE_GRID, scenario_models  # noqa: F401  (re-exported)
+from .scenarios import CALIBRATED, PRECISIONS, RELEASE_GRID, scenario_models  # noqa: F401  (re-exported)
 
 METHODS = ["ga_gdr", "ga_klr", "npo_gdr", "npo_klr"]
 
@@ -52,6 +52,7 @@ class DemoConfig:
     scenarios: tuple[str, ...] = ("trained", "released-quantized")  # scenarios.py: trained | released-quantized
     max_retain: int = 300  # retain items evaluated
     n_boot: int = 10000  # p ≥ 1/(n_boot+1): with ~50 deployments judged, Holm needs p well below 0.025/50
+    calibrated: bool = True  # also the GPTQ / AWQ deployments (4 and 8 bit, group 128), calibrated on the retain set
     smollm2: bool = False  # append the SmolLM2 rows (`amnesiac demo --smollm2`: the CLI composes the two experiments)
     template: str | None = None  # QA prompt template ({question}) the tiny models are trained, unlearned and measured with (default 'Question: {question}\nAnswer:'; their tokenizers have no chat template)
 
@@ -124,10 +125,16 @@ def run_unlearning(target: Path, method: str, sure: bool, cfg: DemoConfig, forge
     return out
 
 
+def deployments(cfg: DemoConfig) -> dict[str, str]:
+    """Column label -> quantizer name: the per-weight PRECISIONS, then (cfg.calibrated) GPTQ / AWQ."""
+    return {**PRECISIONS, **(CALIBRATED if cfg.calibrated else {})}
+
+
 def eval_row(model_dir: Path, forget, retain, cfg: DemoConfig, cache_dir: Path, target_dir: Path | None = None,
-             scoring=None) -> dict:
-    """measure() at every precision (runs.cached_measure: keyed by content) + collapse diagnostics at 4 bits vs
-    the scenario's target (cached by both models' content)."""
+             scoring=None, calib_texts: list[str] | None = None) -> dict:
+    """measure() at every deployment (runs.cached_measure: keyed by content; calibrated ones on `calib_texts`)
+    + collapse diagnostics at 4 bits vs the scenario's target (cached by both models' content)."""
+    from .attacks.quant.spec import is_calibrated
     from .measure import scoring_for
     from .models import load_model
 
@@ -141,7 +148,9 @@ def eval_row(model_dir: Path, forget, retain, cfg: DemoConfig, cache_dir: Path, 
 
     sets = {"forget": forget, "retain": retain}
     row: dict = {"precisions": {p: cached_measure(model_dir, name, sets, scoring, cache_dir, loaded=loaded,
-                                                  fmt=cfg.prompt_format()) for p, name in PRECISIONS.items()}}
+                                                  fmt=cfg.prompt_format(),
+                                                  calib_texts=calib_texts if name != "fp" and is_calibrated(name) else None)
+                                for p, name in deployments(cfg).items()}}
     if target_dir is not None:
         cp = cache_dir / f"collapse-{hash_obj([content_key(model_dir), content_key(target_dir), PRECISIONS['4bit']])}.json"
         if cp.exists():
@@ -187,7 +196,10 @@ def _run_demo(cfg: DemoConfig | None, out: Path, log) -> dict:
     from .measure import scoring_for
     from .metrics.stats import bootstrap_ci
 
+    from .attacks.quant.calib import calib_texts_from_items
+
     scoring = scoring_for(forget)
+    calib = calib_texts_from_items(retain_all, cfg.prompt_format().bind(None)) if cfg.calibrated else None  # what a releaser has
     cache = amnesiac_home() / "cache" / "demo"
     rows, raw, times = [], {}, {}
     metric = scoring.metric
@@ -203,7 +215,7 @@ def _run_demo(cfg: DemoConfig | None, out: Path, log) -> dict:
                 times[f"{sc}/{meth}{tag}"] = round(time.time() - s, 1)
                 entries.append((meth.upper() + tag.upper(), u, mods["target"]))
         for name, mdir, tdir in entries:
-            r = eval_row(mdir, forget, retain, cfg, cache, tdir, scoring)
+            r = eval_row(mdir, forget, retain, cfg, cache, tdir, scoring, calib)
             raw[(sc, name)] = r
             info = read_json(mdir / "unlearn.json") if (mdir / "unlearn.json").exists() else {}
             for p, k in r["precisions"].items():
@@ -221,7 +233,7 @@ def _run_demo(cfg: DemoConfig | None, out: Path, log) -> dict:
     summary = {"schema": "amnesiac.demo/1", "config": cfg.__dict__, "rows": rows, "verdicts": verdicts,
                "prepare_s": round(t_prep, 1), "unlearn_s": times, "wall_s": round(time.time() - t0, 1),
                "models": {k: str(v) for k, v in paths.items()}, "versions": versions(), "seed": cfg.seed,
-               "release_grid": RELEASE_GRID, "precisions": PRECISIONS, "margin": MARGIN,
+               "release_grid": RELEASE_GRID, "precisions": deployments(cfg), "margin": MARGIN,
                "scoring": scoring.to_json(), "prompt_format": cfg.prompt_format().record(),
                "collapse_per_layer": {f"{sc}/{name}": r["collapse_per_layer"] for (sc, name), r in raw.items()
                                       if "collapse_per_layer" in r}}

@@ -19,6 +19,14 @@ PRECISIONS = {  # column label -> deployment (a quantizer name of the one vocabu
     "3bit": "rtn3_g64",
     "4bit_foreign": "rtn4_g128_asym",
 }
+# calibrated deployments (GPTQ, AWQ at group 128, as their reference libraries default), calibrated on the
+# retain set: the seed paper's 4-bit quantizers and their 8-bit counterparts, for a table RTN / GPTQ / AWQ × 4 / 8
+CALIBRATED = {
+    "gptq4": "gptq4_g128",
+    "awq4": "awq4_g128",
+    "gptq8": "gptq8_g128",
+    "awq8": "awq8_g128",
+}
 SCENARIOS = ("trained", "released-quantized")
 
 

@@ -106,3 +106,47 @@ def test_sweep_cache_tells_forget_sets_apart(trained_tiny, tok, qa_people, tmp_p
     assert len(models) == 2
     a2 = run_sweep(t, f1, r, tmp_path / "sw", cfg, log=q)
     assert a2["rows"] == a["rows"] and len(list((tmp_path / "sw" / "models").iterdir())) == 2
+
+
+def test_eval_row_measures_gptq_and_awq_calibrated_on_the_texts_given(trained_tiny, tok, qa_people, tmp_path):
+    """The calibrated columns (GPTQ / AWQ, 4 and 8 bit) are measured next to the per-weight ones, cached by
+    content and by the calibration texts; without `calibrated` they are left out."""
+    import copy
+    import json
+
+    from amnesiac.attacks.quant.calib import calib_texts_from_items
+    from amnesiac.demo import CALIBRATED, eval_row
+    from amnesiac.models import save_model
+
+    t = save_model(copy.deepcopy(trained_tiny), tok, tmp_path / "target")
+    forget, retain = qa_people["forget"][:6], qa_people["retain"][:6]
+    calib = calib_texts_from_items(qa_people["retain"][:16])
+    r = eval_row(t, forget, retain, DemoConfig(), tmp_path / "cache", calib_texts=calib)
+    assert set(r["precisions"]) == set(PRECISIONS) | set(CALIBRATED)
+    files = sorted((tmp_path / "cache").glob("*.json"))
+    assert {json.loads(f.read_text())["deployment"] for f in files} == set(PRECISIONS.values()) | set(CALIBRATED.values())
+    # 8-bit GPTQ on a tiny model changes no greedy answer that full precision gets right or wrong by a wide margin
+    assert r["precisions"]["gptq8"]["forget"]["exact_match"] == r["precisions"]["fp"]["forget"]["exact_match"]
+    again = eval_row(t, forget, retain, DemoConfig(), tmp_path / "cache", calib_texts=calib)
+    assert again["precisions"] == r["precisions"] and len(list((tmp_path / "cache").glob("*.json"))) == len(files)
+    # other calibration texts are another measurement (the key includes them)
+    eval_row(t, forget, retain, DemoConfig(), tmp_path / "cache", calib_texts=calib[:8])
+    assert len(list((tmp_path / "cache").glob("*.json"))) == len(files) + len(CALIBRATED)
+    plain = eval_row(t, forget, retain, DemoConfig(calibrated=False), tmp_path / "cache2")
+    assert set(plain["precisions"]) == set(PRECISIONS)
+
+
+def test_paper_layout_needs_the_calibrated_columns():
+    from amnesiac.report.demo_report import columns, paper_rows
+
+    labels = list(PRECISIONS) + ["gptq4", "awq4", "gptq8", "awq8"]
+    rows = [{"scenario": "trained", "method": "NPO_KLR", "precision": p, "forget_recall": i / 10, "retain_recall": 1.0}
+            for i, p in enumerate(labels)]
+    s = {"rows": rows, "precisions": dict.fromkeys(labels)}
+    assert columns(s) == labels
+    t = paper_rows(s, "trained")
+    assert t[0] == ["method", "fp", "RTN 8", "RTN 4", "GPTQ 8", "GPTQ 4", "AWQ 8", "AWQ 4"]
+    # fp 0.0, 8bit 0.1, 4bit 0.2, gptq4 0.5, awq4 0.6, gptq8 0.7, awq8 0.8
+    assert t[1] == ["NPO_KLR", "0.00", "0.10", "0.20", "0.70", "0.50", "0.80", "0.60"]
+    assert paper_rows({"rows": [r for r in rows if r["precision"] in PRECISIONS]}, "trained") is None
+    assert columns({"rows": [], "precisions": dict.fromkeys(PRECISIONS)}) == list(PRECISIONS)

@@ -53,7 +53,7 @@ def _cfg(release, **kw):
     model, facts = release
     base = dict(model=str(model), facts=str(facts), forget="random:4", utility="animals", methods=("ga_gdr",),
                 sure=True, lr=3e-3, steps=2, sure_lr=3e-2, sure_steps=2, batch_size=4,
-                precisions=("fp", "q4_1", "q4_1_file", "q8_0", "rtn8"), sweep=True, sweep_method="ga_gdr",
+                precisions=("fp", "q4_1", "q4_1_file", "q8_0", "rtn8", "gptq4_g128", "awq4_g128"), sweep=True, sweep_method="ga_gdr",
                 sweep_lrs=(1e-3, 1e-1), sweep_steps=(1, 3), n_boot=200, eval_batch=16)
     return SmolConfig(**{**base, **kw})
 

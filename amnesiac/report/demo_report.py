@@ -7,7 +7,11 @@ from . import plots
 from .render import Section, write_report
 
 COLS = ["fp", "8bit", "4bit", "3bit", "4bit_foreign"]
-SHORT = {"fp": "fp", "8bit": "8b", "4bit": "4b", "3bit": "3b", "4bit_foreign": "4b*"}
+CALIBRATED_COLS = ["gptq4", "awq4", "gptq8", "awq8"]
+SHORT = {"fp": "fp", "8bit": "8b", "4bit": "4b", "3bit": "3b", "4bit_foreign": "4b*", "gptq4": "G4", "awq4": "A4",
+         "gptq8": "G8", "awq8": "A8"}
+# the seed paper's layout: forget recall per quantizer family (columns) and bit width; RTN is the release grid
+PAPER = [("RTN 8", "8bit"), ("RTN 4", "4bit"), ("GPTQ 8", "gptq8"), ("GPTQ 4", "gptq4"), ("AWQ 8", "awq8"), ("AWQ 4", "awq4")]
 
 
 def _f(x, nd=2) -> str:
@@ -18,15 +22,36 @@ def table_rows(summary: dict, scenario: str) -> list[list[str]]:
     """Header + one row per method: forget/retain recall per precision, then 4-bit diagnostics."""
     rows = [r for r in summary["rows"] if r["scenario"] == scenario]
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    head = ["method"] + [f"{SHORT[c]} F/R" for c in COLS] + ["codes kept 4b", "drift kept 4b", "|Δw|/Δ 4b"]
+    cols = columns(summary)
+    head = ["method"] + [f"{SHORT[c]} F/R" for c in cols] + ["codes kept 4b", "drift kept 4b", "|Δw|/Δ 4b"]
     out = [head]
     for m in methods:
         by = {r["precision"]: r for r in rows if r["method"] == m}
-        line = [m] + [f"{_f(by[c]['forget_recall'])} / {_f(by[c]['retain_recall'])}" if c in by else "-" for c in COLS]
+        line = [m] + [f"{_f(by[c]['forget_recall'])} / {_f(by[c]['retain_recall'])}" if c in by else "-" for c in cols]
         d = by.get("4bit", {})
         line += [_f(None if d.get("collapse_rate") is None else 100 * d["collapse_rate"], 1) + ("%" if d.get("collapse_rate") is not None else ""),
                  _f(d.get("drift_kept")), _f(d.get("mean_abs_dw_over_4bit_step"), 3)]
         out.append(line)
+    return out
+
+
+def columns(summary: dict) -> list[str]:
+    """The deployment columns this summary measured (calibrated ones only when the demo ran them)."""
+    have = set(summary.get("precisions") or COLS)
+    return [c for c in COLS + CALIBRATED_COLS if c in have]
+
+
+def paper_rows(summary: dict, scenario: str) -> list[list[str]] | None:
+    """Forget recall in the seed paper's layout (fp, then RTN / GPTQ / AWQ at 8 and 4 bits), or None when
+    the calibrated deployments were not measured."""
+    rows = [r for r in summary["rows"] if r["scenario"] == scenario]
+    have = {r["precision"] for r in rows}
+    if not {c for _, c in PAPER} <= have:
+        return None
+    out = [["method", "fp"] + [lab for lab, _ in PAPER]]
+    for m in dict.fromkeys(r["method"] for r in rows):
+        by = {r["precision"]: r["forget_recall"] for r in rows if r["method"] == m}
+        out.append([m, _f(by.get("fp"))] + [_f(by.get(c)) for _, c in PAPER])
     return out
 
 
@@ -40,7 +65,7 @@ def print_table(summary: dict, console=None) -> None:
         metric = summary.get("scoring", {}).get("metric", "exact_match")
         t = Table(title=f"scenario: {sc}  (forget / retain, {metric})")
         for i, c in enumerate(rows[0]):
-            t.add_column(c, no_wrap=True) if i <= len(COLS) else t.add_column(c)
+            t.add_column(c, no_wrap=True) if i <= len(columns(summary)) else t.add_column(c)
         for r in rows[1:]:
             t.add_row(*r)
         console.print(t)
@@ -57,7 +82,8 @@ def write_demo_report(summary: dict, out: Path) -> dict:
         "`released-quantized` (target rounded onto a 4-bit symmetric group-64 grid first, as a quantized release). "
         f"Cells are forget / retain scores under {summary.get('scoring', {}).get('metric', 'exact_match')} "
         f"({summary.get('scoring', {}).get('reason', '')}). `4bit_foreign` is a different 4-bit grid "
-        "(asymmetric, group 128). Verdict rule: docs/science.md §7 (paired bootstrap, Holm over every "
+        "(asymmetric, group 128); G4/A4/G8/A8 are GPTQ and AWQ at 4 and 8 bits (group 128), calibrated on the "
+        "retain set. Verdict rule: docs/science.md §7 (paired bootstrap, Holm over every "
         "model × deployment of a scenario)."))]
     for sc in summary["config"]["scenarios"]:
         v = summary["verdicts"][sc]
@@ -79,6 +105,13 @@ def write_demo_report(summary: dict, out: Path) -> dict:
             layer_img = [(f"{sc}: {name} fraction of 4-bit codes unchanged per layer", plots.bars(short, "codes unchanged", f"{name}: collapse rate per layer"))]
         secs.append(Section(f"Scenario: {sc}", f"**{v['verdict']}** — {v['reason']}", table_rows(summary, sc),
                             [(f"{sc}: forget recall by precision", img)] + layer_img))
+        paper = paper_rows(summary, sc)
+        if paper:
+            secs.append(Section(f"{sc}: RTN / GPTQ / AWQ at 8 and 4 bits (forget recall)",
+                                "The seed paper's layout: one column per quantizer and bit width. RTN is the "
+                                "release grid at 4 bits (symmetric, group 64) and per-channel at 8 bits; GPTQ "
+                                "(symmetric) and AWQ (asymmetric) use group 128 and the retain set as calibration data.",
+                                paper))
     secs.append(Section("Provenance", f"seed {summary['seed']}, wall time {summary['wall_s']} s, versions: "
                         + ", ".join(f"{k} {v}" for k, v in summary["versions"].items())))
     return write_report(out, "amnesiac demo: does unlearned knowledge come back under quantization?", secs)

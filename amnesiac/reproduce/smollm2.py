@@ -280,10 +280,14 @@ def _run_smollm2(cfg: SmolConfig | None, out: str | Path, log, cache: str | Path
             return loaded[name]
         return get
 
+    from ..attacks.quant.calib import calib_texts_from_items
+
+    calib = calib_texts_from_items(data["train"]["retain"])  # GPTQ / AWQ calibrate on the retain facts
     for name, (path, mid) in models.items():
         evals[name] = {}
         for p in cfg.precisions:
-            evals[name][p] = cached_measure(cache, path, getter(name), tok, data["eval"], p, cfg.eval_batch, log)
+            evals[name][p] = cached_measure(cache, path, getter(name), tok, data["eval"], p, cfg.eval_batch, log,
+                                            calib_texts=calib)
         cp = cache / "collapse" / f"{hash_obj({'t': tid, 'm': mid, 'q': RELEASE})}.json"
         if not cp.exists():
             write_json(cp, collapse_vs(target, getter(name)(), qcache, per_layer=name != "target"))

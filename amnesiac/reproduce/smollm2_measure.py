@@ -46,13 +46,20 @@ def measure(model, tok, sets: dict[str, list], precision: str = "fp", batch_size
                          batch_size=batch_size))
 
 
-def cached_measure(cache: Path, model_path, model_fn, tok, sets, precision: str, batch_size: int, log=None) -> dict:
-    """measure() of one (model, precision), cached by the model's content (runs.cached_measure)."""
+def cached_measure(cache: Path, model_path, model_fn, tok, sets, precision: str, batch_size: int, log=None,
+                   calib_texts: list[str] | None = None) -> dict:
+    """measure() of one (model, precision), cached by the model's content (runs.cached_measure). A calibrated
+    precision (gptq*, awq*) calibrates on `calib_texts` (the protocol passes the retain facts)."""
+    from ..attacks.quant.spec import is_calibrated
     from ..runs import cached_measure as cached
 
+    calibrated = precision != "fp" and is_calibrated(precision)
+    if calibrated and not calib_texts:
+        raise ValueError(f"{precision} needs calibration texts")
     return flat(cached(model_path, precision, {k: v for k, v in sets.items() if v}, scoring(), Path(cache) / "eval",
                        loaded=lambda: (model_fn(), tok), batch_size=batch_size,
-                       log=(lambda m: log(f"smollm2: {m}")) if log else None))
+                       log=(lambda m: log(f"smollm2: {m}")) if log else None,
+                       calib_texts=calib_texts if calibrated else None))
 
 
 def collapse_vs(target, model, cache: dict | None = None, per_layer: bool = True) -> dict:

@@ -6,7 +6,8 @@ from pathlib import Path
 from ..report.render import Section, write_report
 
 SHORT = {"fp": "fp", "q4_1": "Q4_1 (release)", "q4_1_file": "GGUF Q4_1+emb Q8_0", "q4_0": "Q4_0", "q8_0": "Q8_0", "rtn8": "RTN8 ch",
-         "rtn4_g128_asym": "RTN4 g128 asym", "hqq4": "HQQ4 g64"}
+         "rtn4_g128_asym": "RTN4 g128 asym", "hqq4": "HQQ4 g64", "gptq4_g128": "GPTQ4 g128", "awq4_g128": "AWQ4 g128",
+         "gptq8_g128": "GPTQ8 g128", "awq8_g128": "AWQ8 g128"}
 
 
 def _f(x, nd=2) -> str:
