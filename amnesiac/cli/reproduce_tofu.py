@@ -9,7 +9,7 @@ import typer
 
 def register(sub: typer.Typer) -> None:
     from ..cli_options import config_command
-    from .tofu import TofuConfig
+    from ..reproduce.tofu import TofuConfig
 
     def tofu_cmd(out: Path = typer.Option(Path("tofu"), help="output folder (summary.json, report.md/html)"),
                  config: TofuConfig = None):
@@ -17,8 +17,8 @@ def register(sub: typer.Typer) -> None:
         metrics, and the one verdict on forget ROUGE-L recall."""
         from rich.console import Console
 
-        from .tofu import run_tofu
-        from .tofu_report import print_table
+        from ..reproduce.tofu import run_tofu
+        from ..reproduce.tofu_report import print_table
 
         c = Console()
         config.check()  # before any model is built

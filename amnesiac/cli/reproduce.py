@@ -5,7 +5,7 @@ import importlib
 
 import typer
 
-PROTOCOLS = ["amnesiac.reproduce.tofu_cli", "amnesiac.reproduce.smollm2_cli"]
+PROTOCOLS = ["amnesiac.cli.reproduce_tofu", "amnesiac.cli.reproduce_smollm2"]
 
 
 def register(app: typer.Typer) -> None:

@@ -30,7 +30,7 @@ def register(app: typer.Typer) -> None:
 
         from .. import audit as A
         from ..data import load_dataset
-        from .audit_report import print_audit, write_audit_report
+        from ..report.audit_report import print_audit, write_audit_report
 
         cfg = dataclasses.replace(config, mia=holdout is not None)  # validated again, before any model loads
         au = A.Audit(str(target), str(unlearned), load_dataset(forget), load_dataset(retain), out,
@@ -51,7 +51,7 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
 
         from ..demo import run_demo
-        from .demo_report import print_table
+        from ..report.demo_report import print_table
 
         c = Console()
         if config.smollm2:  # fail before the tiny demo runs when the model is not there
@@ -62,7 +62,7 @@ def register(app: typer.Typer) -> None:
         if config.smollm2:  # two experiments side by side, composed here: the SmolLM2 rows join the demo's summary
             from ..io import write_json
             from ..reproduce.smollm2_demo import add_to_demo
-            from .demo_report import write_demo_report
+            from ..report.demo_report import write_demo_report
 
             add_to_demo(summary, out, c.print)
             write_json(out / "summary.json", summary)

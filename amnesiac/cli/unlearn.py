@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from .config import UnlearnConfig
+from ..unlearn.config import UnlearnConfig
 
 
 def register(app: typer.Typer) -> None:
@@ -38,13 +38,13 @@ def register(app: typer.Typer) -> None:
         """
         from rich.console import Console
 
-        from . import unlearn
+        from ..unlearn import unlearn
 
         console = Console(stderr=True)
         # errors: amnesiac.cli's boundary prints them (one line, exit 2 for bad input, 1 for a diverged run)
         res = unlearn(str(model), forget, retain, out=out, resume=resume, overwrite=overwrite, config=config,
                       trust_remote_code=trust_remote_code, allow_overlap=allow_overlap)
-        from .distributed import current
+        from ..unlearn.distributed import current
 
         if not current().is_main:  # scale: under a multi-process launch rank 0 reports
             return

@@ -10,7 +10,7 @@ import typer
 
 def register(sub: typer.Typer) -> None:
     from ..cli_options import config_command
-    from .smollm2 import SmolConfig
+    from ..reproduce.smollm2 import SmolConfig
 
     def smollm2_cmd(out: Path = typer.Option(Path("reproduce-smollm2"), help="output folder"),
                     figures_dir: Optional[Path] = typer.Option(None, help="also write smollm2_*.png here (e.g. docs/results)"),
@@ -21,8 +21,8 @@ def register(sub: typer.Typer) -> None:
         rerun is fast and a killed run resumes."""
         from rich.console import Console
 
-        from .smollm2 import run_smollm2
-        from .smollm2_report import print_summary
+        from ..reproduce.smollm2 import run_smollm2
+        from ..reproduce.smollm2_report import print_summary
 
         c = Console()
         config.check()  # before any model loads

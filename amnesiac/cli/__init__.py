@@ -16,7 +16,7 @@ class _Boundary(TyperGroup):
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         import sys
 
-        from .errors import run_cli, set_debug
+        from ..errors import run_cli, set_debug
 
         set_debug(False)  # --debug (the global callback) or AMNESIAC_DEBUG=1 turn it on for this call
         code = run_cli(lambda: super(_Boundary, self).main(args, prog_name, complete_var, standalone_mode=False,
@@ -31,8 +31,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, cls=_Boundary,
 console = Console()
 
 # Subpackages that add verbs: each has a `cli.py` with `register(app: typer.Typer) -> None`.
-PLUGINS = ["amnesiac.unlearn.cli", "amnesiac.attacks.cli", "amnesiac.metrics.cli", "amnesiac.report.cli",
-           "amnesiac.models.cli", "amnesiac.reproduce.cli"]
+PLUGINS = ["amnesiac.cli.unlearn", "amnesiac.cli.attack", "amnesiac.cli.eval", "amnesiac.cli.audit",
+           "amnesiac.cli.models", "amnesiac.cli.reproduce"]
 
 
 @app.callback()
@@ -41,8 +41,8 @@ def _global(threads: Optional[int] = typer.Option(
         "else one per physical core; OMP_NUM_THREADS / AMNESIAC_THREADS are honoured)"),
         debug: bool = typer.Option(False, "--debug", help="show the traceback of an internal error (also AMNESIAC_DEBUG=1)")):
     """amnesiac: did the model really forget, or does the knowledge come back?"""
-    from .core import threads as th
-    from .errors import set_debug
+    from ..core import threads as th
+    from ..errors import set_debug
 
     if debug:
         set_debug(True)
@@ -73,8 +73,8 @@ def prepare_cmd(size: str = typer.Option("xs", help="tiny model size preset: xs 
                 seed: int = typer.Option(0, help="seed for data, init and training order"),
                 force: bool = typer.Option(False, help="rebuild even when cached")):
     """Build (or reuse) the embedded bios data and the tiny base, target and retrained models."""
-    from .errors import check_choice
-    from .models import tiny
+    from ..errors import check_choice
+    from ..models import tiny
 
     check_choice("--size", size, list(tiny.SIZES))
 
@@ -97,7 +97,7 @@ REGISTERING = ["amnesiac.data", "amnesiac.metrics", "amnesiac.metrics.recovery",
 def load_all() -> dict:
     """Import every module that registers something, so the tables are complete (the CLI's job: a plug-in
     loader at the top layer, never a dependency of the core)."""
-    from .registry import REGISTRIES
+    from ..registry import REGISTRIES
 
     for mod in REGISTERING:
         importlib.import_module(mod)
@@ -115,6 +115,3 @@ _load_plugins()
 def main() -> None:
     app()
 
-
-if __name__ == "__main__":
-    main()

@@ -52,7 +52,7 @@ def _quantizer(backend: str, bits: int, group: int | None, scheme: str, kind: st
     """The backend's quantizer, built before any model loads: bits / group / scheme / kind out of the backend's
     range, an unknown backend or a missing library fail here as one-line errors."""
     from ..errors import UserError, check_number
-    from .quant.backends import get_quantizer
+    from ..attacks.quant.backends import get_quantizer
 
     check_number("--bits", bits, ge=1, integer=True)
     check_number("--group", group, ge=1, integer=True, optional=True)
@@ -89,7 +89,7 @@ def quantize_cmd(model: Path = typer.Option(..., "--model", help="model folder (
     from ..errors import UserError
     from ..models import load_model, save_model
     from ..models.load import check_device, check_model_dir, resolve_dtype
-    from .quantize import awq_attack, gptq_attack, quantize_attack
+    from ..attacks.quantize import awq_attack, gptq_attack, quantize_attack
 
     calibrated = backend in ("gptq", "awq")
     if calibrated:
@@ -97,7 +97,7 @@ def quantize_cmd(model: Path = typer.Option(..., "--model", help="model folder (
             raise UserError(f"{backend} quantizes the decoder blocks only", "drop --embeddings / --lm-head")
         if not calib:
             raise UserError(f"{backend} needs calibration texts", "pass --calib DATA (e.g. bios:retain90)")
-        from .quant.calib import calib_texts_from_items
+        from ..attacks.quant.calib import calib_texts_from_items
 
         texts = calib_texts_from_items(_items(calib))
     else:
@@ -137,7 +137,7 @@ def collapse_cmd(target: Path = typer.Option(..., "--target", help="model before
 
     from ..models import load_model
     from ..models.load import check_model_dir
-    from .collapse import collapse_attack
+    from ..attacks.collapse import collapse_attack
 
     q = _quantizer(backend, bits, group, scheme, kind)
     check_model_dir(target), check_model_dir(unlearned)
@@ -179,7 +179,7 @@ def relearn_cmd(model: Path = typer.Option(..., "--model", help="unlearned model
     from ..errors import UserError
     from ..models import load_model, save_model
     from ..models.load import check_model_dir, check_device
-    from .relearn import check_forget_items, check_relearn_options, relearn_attack
+    from ..attacks.relearn import check_forget_items, check_relearn_options, relearn_attack
 
     check_relearn_options(fraction, steps, lr, batch_size, by, control)
     if save_model_ and out is None:
@@ -217,7 +217,7 @@ def prompts_cmd(model: Path = typer.Option(..., "--model"),
     from ..errors import UserError
     from ..models import load_model
     from ..models.load import check_model_dir, check_device
-    from .prompts import TRANSFORMS, prompt_attack
+    from ..attacks.prompts import TRANSFORMS, prompt_attack
 
     names = "all" if transforms == "all" else [t.strip() for t in transforms.split(",") if t.strip()]
     bad = [n for n in (names if names != "all" else []) if n not in TRANSFORMS]
@@ -246,7 +246,7 @@ def probe_cmd(model: Path = typer.Option(..., "--model"),
     """Hidden-state probes: logit lens on the forget set; linear probe trained on retain, applied to forget."""
     from ..models import load_model
     from ..models.load import check_model_dir, check_device
-    from .probes import probe_attack
+    from ..attacks.probes import probe_attack
 
     check_device(device), check_model_dir(model)
     f_items, r_items = _items(forget), _items(retain)

