@@ -10,7 +10,7 @@ PKG = Path(__file__).resolve().parents[1] / "amnesiac"
 
 # (layer, glob of module paths relative to amnesiac/); the first match wins, so specific patterns come first
 LAYERS = [
-    (5, "cli/*"), (5, "cli_options.py"), (5, "reproduce/smollm2_demo.py"), (5, "__init__.py"),
+    (5, "cli/*"), (5, "cli_options.py"), (5, "__init__.py"),
     (5, "__main__.py"),
     (4, "audit.py"), (4, "audit_results.py"), (4, "demo.py"), (4, "sweep.py"), (4, "sweep_offset.py"), (4, "reproduce/*"),
     (4, "report/audit_report.py"), (4, "report/demo_report.py"),
@@ -27,7 +27,7 @@ EXPERIMENTS = {
     "sweep": ["sweep.py", "sweep_offset.py"],
     "tofu": ["reproduce/tofu.py", "reproduce/tofu_models.py", "reproduce/tofu_report.py"],
     "smollm2": ["reproduce/smollm2.py", "reproduce/smollm2_measure.py", "reproduce/smollm2_sweep.py",
-                "reproduce/smollm2_report.py"],
+                "reproduce/smollm2_report.py", "reproduce/smollm2_demo.py"],
 }
 # sideways inside layer 2: metrics <- attacks <- unlearn
 SUBLAYER2 = {"metrics": 0, "attacks": 1, "unlearn": 2}

@@ -446,7 +446,7 @@ def test_debug_shows_the_traceback_of_an_internal_error(monkeypatch):
     def boom(kind=None):
         raise ZeroDivisionError("boom")
 
-    monkeypatch.setattr("amnesiac.cli.load_all", boom)
+    monkeypatch.setattr("amnesiac.cli.ls.load_all", boom)
     res = CliRunner().invoke(cli.app, ["ls"])
     assert res.exit_code == 1 and "Traceback" not in res.output
     _one_error_line(res, "internal error: ZeroDivisionError: boom")

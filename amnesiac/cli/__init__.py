@@ -1,12 +1,13 @@
-"""`amnesiac` command line (typer). Verbs from subpackages plug in through `<pkg>/cli.py: register(app)`."""
+"""`amnesiac` command line (typer): the app, the one error boundary, the global options and `main`.
+
+Each verb group is one module of this package with `register(app)`; a verb parses its options (generated
+from the config dataclass it runs, amnesiac/cli_options.py), calls one library function, prints the result.
+"""
 from __future__ import annotations
 
-import importlib
 from typing import Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
 from typer.core import TyperGroup
 
 
@@ -28,11 +29,6 @@ class _Boundary(TyperGroup):
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, cls=_Boundary,
                   help="amnesiac: did the model really forget, or does the knowledge come back?")
-console = Console()
-
-# Subpackages that add verbs: each has a `cli.py` with `register(app: typer.Typer) -> None`.
-PLUGINS = ["amnesiac.cli.unlearn", "amnesiac.cli.attack", "amnesiac.cli.eval", "amnesiac.cli.audit",
-           "amnesiac.cli.models", "amnesiac.cli.reproduce"]
 
 
 @app.callback()
@@ -51,67 +47,12 @@ def _global(threads: Optional[int] = typer.Option(
     th.configure()
 
 
-@app.command("ls")
-def ls(kind: Optional[str] = typer.Argument(None, help="datasets | metrics | unlearn_methods | regularizers | attacks (default: all)")):
-    """List what is registered: data sets, metrics, unlearning methods, regularisers, attacks."""
-    tables = load_all()
-    kinds = [kind] if kind else sorted(tables)
-    for k in kinds:
-        if k not in tables:
-            raise typer.BadParameter(f"unknown kind {k!r}; available: {', '.join(sorted(tables))}")
-        t = Table(title=k, show_lines=False)
-        t.add_column("name", style="bold")
-        t.add_column("description")
-        for name, obj in sorted(tables[k].items()):
-            doc = (getattr(obj, "description", None) or (obj.__doc__ or "")).strip().split("\n")[0]
-            t.add_row(name, doc)
-        console.print(t)
+from . import attack, audit, demo, eval, ls, models, reproduce, sweep, unlearn  # noqa: E402  (verbs need `app`)
+from .ls import load_all  # noqa: E402,F401  (tests and scripts fill the registries through it)
 
-
-@app.command("prepare")
-def prepare_cmd(size: str = typer.Option("xs", help="tiny model size preset: xs | s | m"),
-                seed: int = typer.Option(0, help="seed for data, init and training order"),
-                force: bool = typer.Option(False, help="rebuild even when cached")):
-    """Build (or reuse) the embedded bios data and the tiny base, target and retrained models."""
-    from ..errors import check_choice
-    from ..models import tiny
-
-    check_choice("--size", size, list(tiny.SIZES))
-
-    paths = tiny.prepare(size=size, seed=seed, force=force, log=console.print)
-    summ = tiny.prepared_summary(paths)
-    t = Table(title=f"tiny models ({size}, seed {seed}): exact-match QA recall")
-    for c in ("model", "path", "forget10", "retain90", "train wall s"):
-        t.add_column(c)
-    for name, s in summ.items():
-        r = s.get("recall", {})
-        t.add_row(name, str(paths[name]), f"{r.get('forget10', float('nan')):.3f}" if r else "-",
-                  f"{r.get('retain90', float('nan')):.3f}" if r else "-", f"{s['wall_s']:.0f}")
-    console.print(t)
-
-
-# Packages whose import fills the registries (`amnesiac ls`); the verdict's `recovery` metric registers itself.
-REGISTERING = ["amnesiac.data", "amnesiac.metrics", "amnesiac.metrics.recovery", "amnesiac.unlearn", "amnesiac.attacks"]
-
-
-def load_all() -> dict:
-    """Import every module that registers something, so the tables are complete (the CLI's job: a plug-in
-    loader at the top layer, never a dependency of the core)."""
-    from ..registry import REGISTRIES
-
-    for mod in REGISTERING:
-        importlib.import_module(mod)
-    return REGISTRIES
-
-
-def _load_plugins() -> None:
-    for mod in PLUGINS:
-        importlib.import_module(mod).register(app)
-
-
-_load_plugins()
+for _group in (ls, models, unlearn, eval, audit, demo, sweep, attack, reproduce):  # the order of `amnesiac --help`
+    _group.register(app)
 
 
 def main() -> None:
     app()
-
