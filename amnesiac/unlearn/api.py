@@ -157,7 +157,7 @@ def unlearn(model, forget, retain=None, *, tokenizer=None, out: str | os.PathLik
         cfg = dataclasses.replace(cfg, sure_percentile=SURE_DEFAULT_PERCENTILE)
     if use_sure and cfg.lora_rank:
         raise UnlearnError("SURE and LoRA do not combine (SURE masks rows of the full weights); pick one")
-    _check_optimizer(cfg.optimizer)  # scale
+    _check_optimizer(cfg.optimizer)
     out = Path(out) if out is not None else None
     if resume and out is None:
         raise UnlearnError("resume needs the output directory that holds the checkpoint")
@@ -169,7 +169,7 @@ def unlearn(model, forget, retain=None, *, tokenizer=None, out: str | os.PathLik
     source = Path(model) if isinstance(model, (str, os.PathLike)) else None
     from ..models.load import check_device, check_model_dir
 
-    if distributed.launched_world() <= 1:  # scale: under a launch, distributed.init checks the device
+    if distributed.launched_world() <= 1:  # under a launch, distributed.init checks the device
         check_device(cfg.device)
     if source is not None:
         check_model_dir(source)  # fail before touching OUT
@@ -177,7 +177,7 @@ def unlearn(model, forget, retain=None, *, tokenizer=None, out: str | os.PathLik
         raise UnlearnError("pass tokenizer= with a model object (or give a model directory)")
     claim = None
     if out is not None and distributed.launched_world() > 1 and os.environ.get("RANK", "0") != "0":
-        resume = resume and (out / "checkpoint").is_dir()  # scale: rank 0 alone claims and writes OUT
+        resume = resume and (out / "checkpoint").is_dir()  # rank 0 alone claims and writes OUT
     elif out is not None:
         paths = [x for x in (source, forget, retain) if isinstance(x, (str, os.PathLike))]
         claim, resume = _claim_out(out, paths, resume, overwrite)
@@ -206,8 +206,8 @@ def unlearn(model, forget, retain=None, *, tokenizer=None, out: str | os.PathLik
     if cfg.early_stop_recall is not None and not data["forget"].is_qa:
         raise UnlearnError("early stopping measures exact-match recall: it needs QA forget data")
 
-    ddp, rank_device = distributed.init(cfg.device, cfg)  # scale: joins the group under torchrun / accelerate launch
-    writes = claim is not None and ddp.is_main  # scale: rank 0 alone writes OUT (other ranks have no claim)
+    ddp, rank_device = distributed.init(cfg.device, cfg)  # joins the group under torchrun / accelerate launch
+    writes = claim is not None and ddp.is_main  # rank 0 alone writes OUT (other ranks have no claim)
     try:
         if writes:
             claim.lock()  # a second process on this OUT is refused now, before its model loads
@@ -235,7 +235,7 @@ def _run(model, source, tok, data, cfg, method, reg, robust, method_name, reg_na
          retain_items, load_model) -> UnlearnResult:
     """Load, set up and train; OUT is prepared (claim.begin) only once all of that has worked."""
     t_start = time.time()
-    dev = torch.device(rank_device)  # scale: resolve_device(cfg.device), or cuda:LOCAL_RANK per process
+    dev = torch.device(rank_device)  # resolve_device(cfg.device), or cuda:LOCAL_RANK per process
     if source is not None:
         model, _ = load_model(source, device=str(dev), dtype="bfloat16" if cfg.precision == "bfloat16" else "float32",
                               trust_remote_code=trust_remote_code)
@@ -275,7 +275,7 @@ def _run(model, source, tok, data, cfg, method, reg, robust, method_name, reg_na
     if cfg.sure_percentile is not None:
         sal = sure_mod.saliency(ctx, method, params, cfg.batch_size)
         masks, sure_stats = sure_mod.build_masks(sal, cfg.sure_percentile, cfg.sure_scope)
-    params, masks = ddp.wrap(model, params, masks)  # scale: strategy fsdp shards the model here (fsdp.py)
+    params, masks = ddp.wrap(model, params, masks)  # strategy fsdp shards the model here (fsdp.py)
 
     monitor = None
     if cfg.early_stop_recall is not None:
@@ -292,7 +292,7 @@ def _run(model, source, tok, data, cfg, method, reg, robust, method_name, reg_na
 
     if claim is not None:
         claim.begin()  # late: an --overwrite'n earlier run is replaced only now that everything above worked
-    ddp.barrier()  # scale
+    ddp.barrier()
     record = {"method": method_name, "regularizer": reg_name, "sure": use_sure, "config": cfg.to_json(),
               "seed": cfg.seed, "model": str(source) if source else type(model).__name__,
               "model_key": identity["model"],
@@ -306,7 +306,7 @@ def _run(model, source, tok, data, cfg, method, reg, robust, method_name, reg_na
         if out is not None and ddp.is_main:  # the run record says so; the last good checkpoint stays
             write_json(out / "unlearn.json", {"status": "failed", "error": str(e), **record, "versions": versions()})
         raise
-    model = ctx.model = ddp.unwrap(model)  # scale: FSDP → a new plain model with the gathered weights
+    model = ctx.model = ddp.unwrap(model)  # FSDP → a new plain model with the gathered weights
 
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_disable()
@@ -339,17 +339,17 @@ def _run(model, source, tok, data, cfg, method, reg, robust, method_name, reg_na
         "train_wall_s": res["train_wall_s"], "wall_s": time.time() - t_start, "memory": _peak_memory(dev),
         "versions": versions(), "losses": res["log"],
     }
-    if out is not None and ddp.is_main:  # scale: rank 0 saves
+    if out is not None and ddp.is_main:  # rank 0 saves
         if robust is not None and robust.names:  # the shipped artefact is Q(θ): save it beside the latent θ
             from .robust import save_quantized
 
             info["robust"]["quantized"] = save_quantized(model, tok, out, robust.names)
         _save_final(model, tok, out, info, keep_checkpoint=cfg.keep_checkpoint)
-    ddp.barrier()  # scale: other ranks return once OUT is complete
+    ddp.barrier()  # other ranks return once OUT is complete
     return UnlearnResult(model, tok, info, out)
 
 
-def _check_optimizer(name: str) -> None:  # scale
+def _check_optimizer(name: str) -> None:
     import importlib.util
 
     if name not in ("adamw", "adamw8bit"):
