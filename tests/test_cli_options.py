@@ -126,3 +126,12 @@ def test_demo_options_refused_before_work(args, needle, tmp_path):
     lines = [x for x in r.output.splitlines() if x.strip()]
     assert r.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], r.output
     assert not (tmp_path / "d").exists()
+
+
+def test_python_dash_m_amnesiac_runs_the_cli():
+    """`python -m amnesiac` (`python -m amnesiac.cli`, what torchrun launches, is run by tests/test_distributed.py)."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "amnesiac", "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "unlearn" in r.stdout and "attack" in r.stdout, r.stderr
