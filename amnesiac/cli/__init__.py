@@ -10,6 +10,9 @@ from typing import Optional
 import typer
 from typer.core import TyperGroup
 
+from . import attack, audit, demo, eval, ls, models, reproduce, sweep, unlearn
+from .ls import load_all  # noqa: F401  (tests and scripts fill the registries through it)
+
 
 class _Boundary(TyperGroup):
     """The one error boundary (amnesiac.errors.run_cli): every verb, and CliRunner, goes through main()."""
@@ -46,9 +49,6 @@ def _global(threads: Optional[int] = typer.Option(
     th.set_requested(threads)
     th.configure()
 
-
-from . import attack, audit, demo, eval, ls, models, reproduce, sweep, unlearn  # noqa: E402  (verbs need `app`)
-from .ls import load_all  # noqa: E402,F401  (tests and scripts fill the registries through it)
 
 for _group in (ls, models, unlearn, eval, audit, demo, sweep, attack, reproduce):  # the order of `amnesiac --help`
     _group.register(app)
