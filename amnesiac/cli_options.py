@@ -120,7 +120,8 @@ def build_config(cls, values: dict[str, Any], prefix: str = "", **fixed):
             try:
                 items = [el(x.strip()) for x in v.split(",") if x.strip()]
             except ValueError:
-                raise UserError(f"--{key.replace('_', '-')}: expected comma-separated {el.__name__} values, got {v!r}") from None
+                what = "numbers" if el in (int, float) else f"{el.__name__} values"
+                raise UserError(f"--{key.replace('_', '-')}: expected comma-separated {what}, got {v!r}") from None
             v = tuple(items) if typing.get_origin(tp) is tuple or tp is tuple else items
         kw[f.name] = v
     kw.update(fixed)
@@ -159,6 +160,7 @@ def config_command(app: typer.Typer, name: str, configs: dict[str, type], own: C
         built = {arg: build_config(cls, kwargs, **fixed.get(arg, {})) for arg, cls in configs.items()}
         return own(**{k: v for k, v in kwargs.items() if k in sig.parameters}, **built)
 
+    command.configs, command.excluded = dict(configs), dict(exclude)  # type: ignore[attr-defined]  (tests/test_cli_options.py)
     command.__signature__ = inspect.Signature(own_params + generated)  # type: ignore[attr-defined]
     command.__annotations__ = {p.name: p.annotation for p in own_params + generated}
     return app.command(name)(command)

@@ -168,16 +168,19 @@ def eval_row(model_dir: Path, forget, retain, cfg: DemoConfig, cache_dir: Path, 
     return row
 
 
-def run_demo(cfg: DemoConfig | None = None, out: str | Path = "demo", log=print) -> dict:
-    """The demo into `out` (an earlier demo output there is reused; any other non-empty folder is refused)."""
+def run_demo(cfg: DemoConfig | None = None, out: str | Path = "demo", log=print, extend=None) -> dict:
+    """The demo into `out` (an earlier demo output there is reused; any other non-empty folder is refused).
+
+    extend(summary, out, log): adds another experiment's rows to the summary before summary.json and the
+    report are written (`demo --smollm2`: the caller composes; this module imports no other experiment)."""
     from .io import claim_output
 
     with claim_output(out, [], kind="demo", resume=True, inplace=True) as claim:
         claim.begin()
-        return _run_demo(cfg, Path(out), log)
+        return _run_demo(cfg, Path(out), log, extend)
 
 
-def _run_demo(cfg: DemoConfig | None, out: Path, log) -> dict:
+def _run_demo(cfg: DemoConfig | None, out: Path, log, extend=None) -> dict:
     from .data import load_qa_jsonl
     from .data.sources import build_bios
     from .models import tiny
@@ -238,6 +241,8 @@ def _run_demo(cfg: DemoConfig | None, out: Path, log) -> dict:
                "collapse_per_layer": {f"{sc}/{name}": r["collapse_per_layer"] for (sc, name), r in raw.items()
                                       if "collapse_per_layer" in r}}
     out.mkdir(parents=True, exist_ok=True)
+    if extend is not None:
+        extend(summary, out, log)
     write_json(out / "summary.json", summary)
     from .report.demo_report import write_demo_report
 

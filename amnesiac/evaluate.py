@@ -2,8 +2,9 @@
 
 Flow: collect every (prompt, continuation) pair the metrics need → score each unique pair once
 (metrics.runner.Runner: batched, length-bucketed, cached on disk per model hash, resumable) → generate
-each unique prompt once → compute the metrics as pure functions of those numbers (metrics/tofu, muse, mia,
-memorization). `evaluate()` is the one entry point the CLI and the audit call.
+each unique prompt once → run every registered metric that has an eval hook (metrics.base.evaluates) on
+those numbers (EvalContext). Adding a metric is one file (the metric, registered, with its hook) and its test;
+this module names no metric. `evaluate()` is the one entry point the CLI and the audit call.
 
 Metric names: "<set>/<metric>" for per-set numbers (set ∈ forget, retain, holdout, real_authors,
 world_facts), plus forget_quality, model_utility, mia_<attack>, privleak, verbmem, knowmem_forget/_retain.
@@ -18,11 +19,10 @@ import numpy as np
 
 from .data.prompt import PromptOptions
 from .data.schema import QAItem, VerbItem
-from .metrics import memorization, mia, muse, tofu
+from .metrics import mia, muse
 from .metrics.base import MetricResult, mean
 from .metrics.runner import Runner
 from .metrics.stats import bootstrap_ci
-from .metrics.text import rouge_tofu
 
 QA_SETS = ("forget", "retain", "holdout", "real_authors", "world_facts")
 NORMALIZED_PROB_SETS = ("real_authors", "world_facts")  # §5: options-normalised probability
@@ -136,41 +136,6 @@ def _qa_scores(run: Runner, items: list[QAItem], cfg: EvalConfig, name: str) -> 
     return out
 
 
-def _qa_metrics(name: str, items: list[QAItem], s: dict, cfg: EvalConfig) -> dict[str, MetricResult]:
-    hib = name != "forget"  # knowledge on F should fall; everywhere else it should stay
-    res: dict[str, MetricResult] = {}
-    gen, m = s["gen"], s["m"]
-    res["exact_match"] = _mr(f"{name}/exact_match", m["exact_match"], hib, cfg,
-                             {"section": "docs/science.md §5 exact-match recall", "outputs": gen})
-    rg = [rouge_tofu(it.answer, o) for o, it in zip(gen, items)]  # ROUGE-1 too (ROUGE-L is measure's, identical)
-    res["rougeL_recall"] = _mr(f"{name}/rougeL_recall", m["rougeL_recall"], hib, cfg,
-                               {"rouge1_recall": mean(r["rouge1_recall"] for r in rg),
-                                "section": "docs/science.md §5 ROUGE-L recall (TOFU: stemmer, recall)"})
-    ans_mean = [r["lp"].mean() for r in s["ans"]]
-    if "wrong_mean" in s:
-        res["prob"] = _mr(f"{name}/prob", tofu.normalized_probability(ans_mean, s["wrong_mean"]).tolist(), hib, cfg,
-                          {"normalised": True, "section": "docs/science.md §5 probability (options-normalised)"})
-    else:
-        res["prob"] = _mr(f"{name}/prob", tofu.probability(ans_mean).tolist(), hib, cfg,
-                          {"normalised": False, "section": "docs/science.md §5 probability P(a|q)^(1/|a|)"})
-    if "R" in s:
-        R = s["R"]
-        fa, ra = tofu.truth_ratio_forget_agg(R), tofu.truth_ratio_retain_agg(R)
-        # value: forget-side aggregate on F, retain-side elsewhere (TOFU's choice); per_example = R itself.
-        res["truth_ratio"] = MetricResult(f"{name}/truth_ratio", fa if name == "forget" else ra, R.tolist(),
-                                          True,  # both aggregates: 1 = the goal (F: forgotten; else: known)
-                                          {"aggregation": "mean(min(R,1/R))" if name == "forget" else "mean(max(0,1-R))",
-                                           "forget_agg": fa, "retain_agg": ra, "n": len(R),
-                                           "ci95": _ci(np.minimum(R, 1 / R) if name == "forget" else np.maximum(0, 1 - R), cfg),
-                                           "per_example_is": "R = P̄(perturbed)/P(paraphrased)",
-                                           "section": "docs/science.md §5 truth ratio"})
-    for m in memorization.memorization_results([r["am"] for r in s["ans"]], [r["ids"] for r in s["ans"]],
-                                               f"{name}/", hib):
-        m.meta["ci95"] = _ci(m.per_example, cfg)
-        res[m.name.split("/", 1)[1]] = m
-    return res
-
-
 def _text_side(run: Runner, texts: list[str], desc: str) -> dict:
     r = run.score([""] * len(texts), texts, True, False, desc)
     return {"lp": [x["lp"] for x in r], "mu": [x["mu"] for x in r], "sigma": [x["sd"] for x in r], "text": list(texts)}
@@ -231,69 +196,69 @@ def _privleak_auc(run: Runner, data: EvalData, cfg: EvalConfig) -> float | None:
                              [muse.min_k_score(r["lp"], cfg.privleak_k) for r in h])
 
 
+@dataclass
+class EvalContext:
+    """The shared inputs every registered metric's eval hook reads (metrics.base.evaluates): one Runner per model
+    (each unique text scored / generated once), the QA sets' answers and scores, the metrics computed so far."""
+    run: Runner
+    data: EvalData
+    cfg: EvalConfig
+    retrained: RetrainedRef | None = None
+    ref_run: Runner | None = None
+    qa: dict[str, tuple[list[QAItem], dict]] = field(default_factory=dict)
+    results: dict[str, MetricResult] = field(default_factory=dict)
+    _cache: dict = field(default_factory=dict)
+
+    def ci(self, values) -> tuple[float, float]:
+        return _ci(values, self.cfg)
+
+    def result(self, name, per, higher_is_better, meta=None, value=None) -> MetricResult:
+        return _mr(name, per, higher_is_better, self.cfg, meta, value)
+
+    def membership(self):
+        """(members, non-members, "text" | "qa_answers") for the MIA family, or None without both sides."""
+        if "membership" not in self._cache:
+            self._cache["membership"] = _membership_inputs(self.run, self.data, self.qa, self.ref_run, self.cfg)
+        return self._cache["membership"]
+
+    def privleak_auc(self) -> float | None:
+        if "privleak_auc" not in self._cache:
+            self._cache["privleak_auc"] = _privleak_auc(self.run, self.data, self.cfg)
+        return self._cache["privleak_auc"]
+
+
+def evaluated_metrics() -> list:
+    """The registered metrics that take part in `amnesiac eval` (those with an eval hook), in hook order."""
+    from .registry import registry
+
+    hooked = [m for m in registry("metrics").values() if callable(getattr(m, "evaluate", None))]
+    return sorted(hooked, key=lambda m: getattr(m.evaluate, "order", 50))
+
+
 def evaluate(model, tok, data: EvalData, config: EvalConfig | None = None, retrained: RetrainedRef | None = None,
              reference: tuple | None = None, model_hash: str | None = None) -> dict[str, MetricResult]:
-    """Run every applicable §5 metric on `model`. `retrained`: θ_r's reference numbers (see retrained_reference);
-    `reference`: (ref_model, ref_tok) for the reference-model MIA. Returns name → MetricResult, in a stable order."""
+    """Every registered metric that applies to `data` on `model` (evaluated_metrics). `retrained`: θ_r's
+    reference numbers (see retrained_reference); `reference`: (ref_model, ref_tok) for the reference-model MIA.
+    Returns name → MetricResult: per-set results grouped by set (QA_SETS order), then the rest, in hook order."""
     cfg = config or EvalConfig()
     run = Runner(model, tok, cfg.batch_size, cfg.cache, cfg.progress, max_length=cfg.max_length, model_hash=model_hash)
     ref_run = Runner(reference[0], reference[1], cfg.batch_size, cfg.cache, cfg.progress,
                      max_length=cfg.max_length) if reference else None
-    out: dict[str, MetricResult] = {}
-    qa: dict[str, tuple[list[QAItem], dict]] = {}
+    ctx = EvalContext(run, data, cfg, retrained, ref_run)
     for name in QA_SETS:
         items = getattr(data, name)
         if items:
-            s = _qa_scores(run, items, cfg, name)
-            qa[name] = (items, s)
-            for m in _qa_metrics(name, items, s, cfg).values():
-                out[m.name] = m
+            ctx.qa[name] = (items, _qa_scores(run, items, cfg, name))
+    for metric in evaluated_metrics():
+        for m in metric.evaluate(ctx) or ():
+            ctx.results[m.name] = m
 
-    # TOFU forget quality and model utility (§5)
-    if "forget/truth_ratio" in out and retrained is not None and retrained.truth_ratios:
-        fq = tofu.forget_quality(out["forget/truth_ratio"].per_example, retrained.truth_ratios)
-        fq.meta["retrained_source"] = retrained.source
-        out["forget_quality"] = fq
-    util = {k: out[k].value for k in tofu.UTILITY_KEYS if k in out}
-    if util:
-        out["model_utility"] = tofu.model_utility(util)
+    def place(kv):
+        i, (name, _) = kv
+        head = name.split("/", 1)[0]
+        return (QA_SETS.index(head), i) if "/" in name and head in QA_SETS else (len(QA_SETS), i)
 
-    # MIA family (members F vs holdout) and PrivLeak
-    mi = _membership_inputs(run, data, qa, ref_run, cfg)
-    if mi is not None:
-        mem, non, on = mi
-        for m in mia.mia_suite(mem, non, cfg.mink_k, {"on": on}):
-            out[m.name] = m
-        auc_u = _privleak_auc(run, data, cfg)
-        # AUC(θ_r): a retrained model's, else a value the user gave, else the data's published one (MUSE news/books)
-        if retrained and retrained.privleak_auc is not None:
-            auc_r, src = retrained.privleak_auc, retrained.source
-        elif cfg.privleak_ref_auc is not None:
-            auc_r, src = cfg.privleak_ref_auc, "given value (--privleak-ref-auc)"
-        elif data.privleak_ref is not None:
-            auc_r, src = data.privleak_ref
-        else:
-            auc_r, src = None, None
-        meta = {"on": on, "k": cfg.privleak_k, "auc_retrained_source": src}
-        if auc_r is not None:
-            out["privleak"] = muse.privleak(auc_u, auc_r, meta)
-        out["privleak_auc"] = MetricResult("privleak_auc", auc_u, [], False,
-                                           {**meta, "labels": "forget=0, holdout=1; score = −Min-k",
-                                            "ideal": "AUC of the retrained model", "section": "docs/science.md §5 PrivLeak"})
-
-    # MUSE VerbMem / KnowMem
-    if data.verbmem:
-        outs = run.generate([it.prompt for it in data.verbmem], cfg.verbmem_max_new_tokens, desc="verbmem")
-        out["verbmem"] = muse.verbmem(model, tok, data.verbmem, outputs=outs, max_new_tokens=cfg.verbmem_max_new_tokens)
-    for side, hib in (("forget", False), ("retain", True)):
-        items = getattr(data, f"knowmem_{side}")
-        if items:
-            icl = [(e.question, e.answer) for e in getattr(data, f"knowmem_{side}_icl")]
-            raw = run.generate([muse.knowmem_prompt(it.question, icl) for it in items], cfg.knowmem_max_new_tokens,
-                               muse.KNOWMEM_CUTS, desc=f"knowmem {side}")
-            out[f"knowmem_{side}"] = muse.knowmem(model, tok, items, getattr(data, f"knowmem_{side}_icl"),
-                                                  name=f"knowmem_{side}", higher_is_better=hib,
-                                                  outputs=[muse.knowmem_cut(o) for o in raw])
+    out = dict(kv for _, kv in sorted(enumerate(ctx.results.items()), key=place))
     for m in out.values():
         m.meta.setdefault("model_hash", run.model_hash)
     return out

@@ -174,7 +174,7 @@ def claim_output(out: str | os.PathLike, inputs: Iterable[Any] = (), *, overwrit
                  resume: bool = False, inplace: bool = False, lock: bool = True, option: str = "--out") -> "OutputClaim":
     """Claim `out` for one run that writes it. Checks now (no side effects), writes late, replaces atomically.
 
-    Rules (issue 21): `out` equal to, inside, or containing any of `inputs` (paths; other specs such as
+    Rules: `out` equal to, inside, or containing any of `inputs` (paths; other specs such as
     "bios:forget10" are ignored) is refused; an existing non-empty folder without amnesiac's marker
     (`.amnesiac-output.json`) is refused and never deleted; a folder amnesiac wrote is replaced only with
     `overwrite=True` and only if it holds the same `kind`; the nearest existing parent must be writable.

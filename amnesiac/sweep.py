@@ -22,7 +22,6 @@ from .data.prompt import PromptOptions
 from .runs import cached_measure, cached_unlearn, items_key, sweep_recipe
 
 
-
 @dataclass
 class SweepConfig(PromptOptions):  # the prompt format (template, chat_template, system_prompt) of every run and measurement
     method: str = "npo_klr"
@@ -45,6 +44,62 @@ class SweepConfig(PromptOptions):  # the prompt format (template, chat_template,
             from .attacks.quant.spec import parse_names
 
             parse_names(self.robust_to)  # unknown quantizer names fail here, before any model is built
+
+
+@dataclass
+class SweepOptions(PromptOptions):
+    """What `amnesiac sweep` takes: the learning-rate sweep (SweepConfig) or, with grid_offset, the offset sweep
+    (sweep_offset.OffsetSweepConfig). The list defaults differ between the two, so None means "that sweep's"."""
+    method: str = SweepConfig.method  # unlearning method of every run
+    lr: list[float] | None = None  # learning rates (default 1e-6,3e-6,1e-5,3e-5,1e-4; with --grid-offset one lr, default 1e-4)
+    grid_offset: list[float] | None = None  # second axis: offsets of the target from the 4-bit release grid, in steps (e.g. 0,0.1,0.2,0.4)
+    bits: list[int] | None = None  # bit widths, 16 = full precision (default 16,8,4,3; with --grid-offset 16,8,4)
+    sure: float | None = None  # SURE percentile (e.g. 90) for every run
+    robust_to: str | None = None  # quantization-aware runs through these formats (e.g. rtn4_g64)
+    max_steps: int = SweepConfig.max_steps  # optimizer steps per run (no early stop: a fixed budget)
+    seed: int = SweepConfig.seed  # unlearning seed; with --grid-offset also the offset directions
+
+    def config(self):
+        """The checked SweepConfig, or OffsetSweepConfig when grid_offset is given (UserError on bad values)."""
+        common = dict(method=self.method, sure_percentile=self.sure, robust_to=self.robust_to, max_steps=self.max_steps,
+                      seed=self.seed, template=self.template, chat_template=self.chat_template,
+                      system_prompt=self.system_prompt)
+        if self.grid_offset is not None:
+            from .sweep_offset import OffsetSweepConfig
+
+            if self.lr is not None and len(self.lr) != 1:
+                raise UserError("--grid-offset sweeps offsets at one learning rate; give one --lr")
+            cfg = OffsetSweepConfig(offsets=list(self.grid_offset), **common,
+                                    **({"lr": self.lr[0]} if self.lr else {}), **({"bits": list(self.bits)} if self.bits else {}))
+        else:
+            cfg = SweepConfig(**common, **({"lrs": list(self.lr)} if self.lr is not None else {}),
+                              **({"bits": list(self.bits)} if self.bits else {}))
+        cfg.check()
+        return cfg
+
+
+def sweep(opts: SweepOptions, target: str | Path | None, forget: str, retain: str, out: str | Path | None = None,
+          scenario: str = "trained", log=print) -> tuple[dict, Path]:
+    """`amnesiac sweep`: the learning-rate sweep, or the grid-offset sweep when opts.grid_offset is given, of
+    `target` (default: the prepared tiny target of `scenario`) on data specs forget / retain, into `out`
+    (default sweep/ or sweep_offset/). Returns (summary, out)."""
+    from .data import load_dataset
+
+    cfg = opts.config()  # every option checked before any model is built
+    if target is None:
+        from .models import tiny
+        from .scenarios import scenario_models
+
+        kw = {"template": cfg.prompt_format().template} if opts.template is not None else {}  # trained in it too
+        target = scenario_models(tiny.prepare("xs", 0, log=log, **kw), scenario, log)["target"]
+    fset, rset = load_dataset(forget), load_dataset(retain)
+    if opts.grid_offset is not None:
+        from .sweep_offset import run_offset_sweep
+
+        out = Path(out or "sweep_offset")
+        return run_offset_sweep(target, fset, rset, out, cfg, log=log), out
+    out = Path(out or "sweep")
+    return run_sweep(target, fset, rset, out, cfg, log=log), out
 
 
 def run_sweep(target: str | Path, forget, retain, out: str | Path, cfg: SweepConfig | None = None,

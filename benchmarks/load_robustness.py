@@ -1,7 +1,7 @@
 """Load robustness: a fixed slice of the demo's work, timed idle and beside a busy process, per thread setting.
 
-Why: on a busy 2-core machine torch's default (one OpenMP thread per core) made a tiny-model demo ~40× slower
-(issue #20); amnesiac.core.threads now picks 1 thread for tiny models. This script checks that the choice holds up:
+Why: on a busy 2-core machine torch's default (one OpenMP thread per core) made a tiny-model demo ~40× slower;
+amnesiac.core.threads now picks 1 thread for tiny models. This script checks that the choice holds up:
 the same slice is timed in a fresh subprocess
   - idle, and beside a busy process pinned to one core (numpy matmuls in a loop, 1 BLAS thread),
   - with the default thread policy (no OMP_NUM_THREADS / AMNESIAC_THREADS in the environment) and with 2 forced

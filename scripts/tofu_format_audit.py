@@ -1,4 +1,4 @@
-"""Before / after of the verdict on TOFU-format data (issue: the exact-match verdict was vacuous on long answers).
+"""Before / after of the verdict on TOFU-format data (the exact-match verdict was vacuous on long answers).
 
 A tiny Llama memorises 6 long TOFU forget10 answers (+ 6 retain); a "retrained" one sees only the 6 retain.
 The target itself is audited as the "unlearned" model (it forgot nothing). Printed: the old measure (exact

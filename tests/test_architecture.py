@@ -10,11 +10,12 @@ PKG = Path(__file__).resolve().parents[1] / "amnesiac"
 
 # (layer, glob of module paths relative to amnesiac/); the first match wins, so specific patterns come first
 LAYERS = [
-    (5, "cli.py"), (5, "cli_options.py"), (5, "*/cli.py"), (5, "reproduce/*_cli.py"), (5, "reproduce/smollm2_demo.py"), (5, "__init__.py"),
+    (5, "cli/*"), (5, "cli_options.py"), (5, "__init__.py"),
     (5, "__main__.py"),
     (4, "audit.py"), (4, "audit_results.py"), (4, "demo.py"), (4, "sweep.py"), (4, "sweep_offset.py"), (4, "reproduce/*"),
     (4, "report/audit_report.py"), (4, "report/demo_report.py"),
-    (3, "measure.py"), (3, "runs.py"), (3, "scenarios.py"), (3, "evaluate.py"), (3, "metrics/recovery.py"),
+    (3, "measure.py"), (3, "runs.py"), (3, "scenarios.py"), (3, "evaluate.py"), (3, "eval_run.py"),
+    (3, "metrics/recovery.py"),
     (2, "metrics/*"), (2, "attacks/*"), (2, "unlearn/*"),
     (1, "data/*"), (1, "models/*"),
     (0, "core/*"), (0, "io.py"), (0, "registry.py"), (0, "errors.py"), (0, "report/render.py"), (0, "report/plots.py"),
@@ -27,7 +28,7 @@ EXPERIMENTS = {
     "sweep": ["sweep.py", "sweep_offset.py"],
     "tofu": ["reproduce/tofu.py", "reproduce/tofu_models.py", "reproduce/tofu_report.py"],
     "smollm2": ["reproduce/smollm2.py", "reproduce/smollm2_measure.py", "reproduce/smollm2_sweep.py",
-                "reproduce/smollm2_report.py"],
+                "reproduce/smollm2_report.py", "reproduce/smollm2_demo.py"],
 }
 # sideways inside layer 2: metrics <- attacks <- unlearn
 SUBLAYER2 = {"metrics": 0, "attacks": 1, "unlearn": 2}

@@ -1,11 +1,10 @@
-"""Issue 21: a corpus of hostile inputs, as a new user would type them, over every verb and the Python API.
+"""A corpus of hostile inputs, as a new user would type them, over every verb and the Python API.
 
 Each case asserts the exit code (2 = bad input), ONE `error:` line that names the problem, no traceback,
 and that no pre-existing file changed (sha256 of every file under the shared folder, before and after).
-Defects of issue 21 covered (D1–D9, see the issue's list): D1 `attack quantize --out` = `--model` / an
-unrelated folder (relearn --save-model shares it), D2 `unlearn --overwrite` with `--out` = `--model` / a
-typo in `--robust-to`, D4 `--lr inf`, D5 `audit --margin 2|nan`, D6 `--resume` with another model / data,
-D7 a 1 MB JSONL line. (D3, the audit cache keyed by path, belongs to the measuring-layer rewrite.)
+Covered among others: `attack quantize --out` = `--model` / an unrelated folder (relearn --save-model shares
+it), `unlearn --overwrite` with `--out` = `--model` / a typo in `--robust-to`, `--lr inf`,
+`audit --margin 2|nan`, `--resume` with another model / data, a 1 MB JSONL line.
 """
 from __future__ import annotations
 
@@ -111,7 +110,7 @@ def A(*extra):
 
 
 CASES = [
-    # ---- D1: attack quantize --out never replaces what amnesiac did not write ----
+    # ---- attack quantize --out never replaces what amnesiac did not write ----
     ("D1 quantize --out = --model", Q(out="model"), 2, "is the input"),
     ("D1 quantize --out = unrelated folder", Q(out="mine"), 2, "not written by amnesiac"),
     ("D1 quantize --out inside the model", Q(out="model/sub"), 2, "is inside the input"),
@@ -132,7 +131,7 @@ CASES = [
     ("quantize --model missing", Q(model="nothere"), 2, "no such model"),
     ("quantize --model a data file", Q(model="forget.jsonl"), 2, "expected a model directory"),
     ("quantize --out under a file", Q(out="notes.json/x"), 2, "is a file"),
-    # ---- D2: unlearn --overwrite replaces only an earlier run, and only after everything is checked ----
+    # ---- unlearn --overwrite replaces only an earlier run, and only after everything is checked ----
     ("D2 unlearn --overwrite --out = --model", U("--overwrite", out="model"), 2, "is the input"),
     ("D2 unlearn --overwrite + --robust-to typo", U("--overwrite", "--robust-to", "q4_x", out="prev"), 2, "unknown quantizer 'q4_x'"),
     ("unlearn --overwrite --out = unrelated folder", U("--overwrite", out="mine"), 2, "not written by amnesiac"),
@@ -144,7 +143,7 @@ CASES = [
     ("unlearn --overwrite + --max-length > context", U("--overwrite", "--max-length", "4096", out="prev"), 2,
      "exceeds the model's context"),
     ("unlearn --overwrite + overlap", U("--overwrite", retain="overlap.jsonl", out="prev"), 2, "in both"),
-    # ---- D4: numbers out of range, refused before any work ----
+    # ---- numbers out of range, refused before any work ----
     ("D4 unlearn --lr inf", U("--lr", "inf"), 2, "lr must be a finite number"),
     ("unlearn --lr nan", U("--lr", "nan"), 2, "lr must be a finite number"),
     ("unlearn --lr 0", U("--lr", "0"), 2, "lr = 0.0 is out of range"),
@@ -177,7 +176,7 @@ CASES = [
     ("unlearn --forget empty", U(forget="empty.jsonl"), 2, "empty.jsonl"),
     ("unlearn --forget unknown source", U(forget="nosuch:forget10"), 2, "unknown data source"),
     ("unlearn forget/retain overlap", U(retain="overlap.jsonl"), 2, "in both the forget and the retain set"),
-    # ---- D6: resume knows what it holds ----
+    # ---- resume knows what it holds ----
     ("D6 --resume with another --model", U(*CK, "--resume", model="model2", out="ckpt"), 2, "another --model"),
     ("D6 --resume with another --forget", U(*CK, "--resume", forget="forget2.jsonl", out="ckpt"), 2, "another --forget"),
     ("--resume with another --lr", U(*CK, "--resume", "--lr", "1e-2", out="ckpt"), 2, "different training config"),
@@ -217,7 +216,7 @@ CASES = [
     ("eval --data missing", E(data="nothere.jsonl"), 2, "nothere.jsonl"),
     ("eval --model missing", E(model="nothere"), 2, "no such model"),
     ("eval --retrained broken JSON", E("--retrained", "@broken.json"), 2, "not valid JSON"),
-    # ---- D5: audit --margin, and audit/sweep/demo/prepare/ls/models at validation time ----
+    # ---- audit --margin, and audit/sweep/demo/prepare/ls/models at validation time ----
     ("D5 audit --margin 2", A("--margin", "2"), 2, "0 ≤ margin < 1"),
     ("D5 audit --margin nan", A("--margin", "nan"), 2, "0 ≤ margin < 1"),
     ("audit --margin -0.1", A("--margin", "-0.1"), 2, "0 ≤ margin < 1"),
@@ -313,7 +312,7 @@ def test_api_bad_input(w, tok):
     assert len(cases) + len(CASES) >= 60
 
 
-# ---- D7: a 1 MB JSONL line is truncated to the model's context with a warning, in seconds ----
+# ---- a 1 MB JSONL line is truncated to the model's context with a warning, in seconds ----
 
 @pytest.mark.parametrize("line", ["words", "one long token"])
 def test_one_megabyte_line_is_truncated_quickly(w, tmp_path, line):
@@ -334,7 +333,7 @@ def test_one_megabyte_line_is_truncated_quickly(w, tmp_path, line):
     assert info["data"]["n_truncated"]["forget"] == 1 and info["warnings"]
 
 
-# ---- D4: non-finite weights stop the run; weights that never move are reported ----
+# ---- non-finite weights stop the run; weights that never move are reported ----
 
 def test_nonfinite_weights_fail_the_run(w, tmp_path):
     from torch.optim.optimizer import register_optimizer_step_post_hook
@@ -446,7 +445,7 @@ def test_debug_shows_the_traceback_of_an_internal_error(monkeypatch):
     def boom(kind=None):
         raise ZeroDivisionError("boom")
 
-    monkeypatch.setattr("amnesiac.cli.load_all", boom)
+    monkeypatch.setattr("amnesiac.cli.ls.load_all", boom)
     res = CliRunner().invoke(cli.app, ["ls"])
     assert res.exit_code == 1 and "Traceback" not in res.output
     _one_error_line(res, "internal error: ZeroDivisionError: boom")

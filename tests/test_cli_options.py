@@ -4,6 +4,7 @@ import dataclasses
 import re
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from amnesiac.audit import AuditConfig
@@ -15,34 +16,87 @@ from amnesiac.demo import DemoConfig
 def _help(verb: list[str]) -> str:
     r = CliRunner().invoke(app, [*verb, "--help"], env={"COLUMNS": "250", "TERMINAL_WIDTH": "250"})
     assert r.exit_code == 0, r.output
-    return re.sub(r"\s+", " ", r.output)
+    return re.sub(r"\s+", " ", r.output.replace("│", " "))  # rich's box edges cut wrapped help lines
 
 
-def _cases():
-    from amnesiac.reproduce.smollm2 import SmolConfig
-    from amnesiac.reproduce.tofu import TofuConfig
-
-    from amnesiac.evaluate import EvalConfig
-    from amnesiac.unlearn.config import UnlearnConfig
-
-    return [(["eval"], EvalConfig, {"template"}), (["audit"], AuditConfig, {"mia"}), (["demo"], DemoConfig, set()), (["unlearn"], UnlearnConfig, set()),
-            (["reproduce", "tofu"], TofuConfig, {"arch"}), (["reproduce", "smollm2"], SmolConfig, set())]
+def _verbs(t=app, path=()):
+    """(words, callback) of every verb of the `amnesiac` app, sub-groups included."""
+    for c in t.registered_commands:
+        yield [*path, c.name or c.callback.__name__], c.callback
+    for g in t.registered_groups:
+        yield from _verbs(g.typer_instance, [*path, g.name])
 
 
-@pytest.mark.parametrize("verb, cls, skip", _cases(), ids=lambda x: " ".join(x) if isinstance(x, list) else "")
-def test_help_lists_every_field_with_its_default(verb, cls, skip):
+# verbs that take only names and paths (nothing to configure): no config dataclass
+NO_CONFIG = {"ls", "models fetch", "models ls"}
+
+
+def _shown(d) -> str:
+    if isinstance(d, (list, tuple)):
+        return ",".join(f"{x:g}" if isinstance(x, float) else str(x) for x in d)
+    return re.sub(r"\s+", " ", f"{d:g}" if isinstance(d, float) else str(d))
+
+
+def missing_options(text: str, configs: dict, excluded: dict) -> list[str]:
+    """Every field of every config class that `--help` text does not list with its default."""
+    bad = []
+    for cls in configs.values():
+        for f in dataclasses.fields(cls):
+            if f.name.startswith("_") or f.name in excluded.get(cls.__name__, ()):
+                continue
+            flag = "--" + f.name.replace("_", "-")
+            if not re.search(re.escape(flag) + r"(?![\w-])", text):
+                bad.append(f"{cls.__name__}.{f.name}: no {flag}")
+                continue
+            d = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            if d is None or isinstance(d, bool):
+                continue
+            if f"[default: {_shown(d)}]" not in text and f"default: {_shown(d)}" not in text:
+                bad.append(f"{cls.__name__}.{f.name}: {flag} does not show the default {_shown(d)}")
+    return bad
+
+
+def test_every_verb_is_covered():
+    words = {" ".join(w) for w, _ in _verbs()}
+    assert {"unlearn", "eval", "audit", "demo", "sweep", "prepare", "attack quantize", "attack collapse",
+            "attack relearn", "attack prompts", "attack probe", "models facts", "reproduce tofu",
+            "reproduce smollm2"} <= words
+    assert NO_CONFIG <= words
+
+
+@pytest.mark.parametrize("verb, callback", list(_verbs()), ids=lambda x: " ".join(x) if isinstance(x, list) else "")
+def test_help_lists_every_field_with_its_default(verb, callback):
     text = _help(verb)
-    for f in dataclasses.fields(cls):
-        if f.name in skip or f.name.startswith("_"):
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        assert flag in text, flag
-        d = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        if d is None or isinstance(d, bool):
-            continue
-        shown = ",".join(f"{x:g}" if isinstance(x, float) else str(x) for x in d) if isinstance(d, (list, tuple)) else (
-            f"{d:g}" if isinstance(d, float) else str(d))
-        assert f"[default: {shown}]" in text or f"default: {shown}" in text, (flag, shown)
+    configs = getattr(callback, "configs", None)
+    if configs is None:
+        assert " ".join(verb) in NO_CONFIG, f"amnesiac {' '.join(verb)}: options not generated from a config dataclass"
+        return
+    assert configs, verb
+    assert not missing_options(text, configs, callback.excluded)
+
+
+def test_a_config_field_missing_from_help_fails_the_check():
+    @dataclasses.dataclass
+    class Toy:
+        alpha: int = 1  # shown
+        beta: str = "x"  # not an option of the hand-written verb below
+
+    toy = typer.Typer()
+
+    @toy.command("a")
+    def a(alpha: int = typer.Option(1)):
+        """hand-written options: beta is missing"""
+
+    @toy.command("b")
+    def b(alpha: int = typer.Option(2), beta: str = typer.Option("x")):
+        """hand-written options: alpha has another default"""
+
+    def help_of(name):
+        return re.sub(r"\s+", " ", CliRunner().invoke(toy, [name, "--help"], env={"COLUMNS": "250"}).output)
+
+    assert missing_options(help_of("a"), {"config": Toy}, {}) == ["Toy.beta: no --beta"]
+    assert missing_options(help_of("b"), {"config": Toy}, {}) == ["Toy.alpha: --alpha does not show the default 1"]
+    assert missing_options(help_of("a"), {"config": Toy}, {"Toy": ("beta",)}) == []
 
 
 def test_field_comments_become_help():
@@ -72,3 +126,12 @@ def test_demo_options_refused_before_work(args, needle, tmp_path):
     lines = [x for x in r.output.splitlines() if x.strip()]
     assert r.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], r.output
     assert not (tmp_path / "d").exists()
+
+
+def test_python_dash_m_amnesiac_runs_the_cli():
+    """`python -m amnesiac` (`python -m amnesiac.cli`, what torchrun launches, is run by tests/test_distributed.py)."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "amnesiac", "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "unlearn" in r.stdout and "attack" in r.stdout, r.stderr

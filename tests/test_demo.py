@@ -150,3 +150,28 @@ def test_paper_layout_needs_the_calibrated_columns():
     assert t[1] == ["NPO_KLR", "0.00", "0.10", "0.20", "0.70", "0.50", "0.80", "0.60"]
     assert paper_rows({"rows": [r for r in rows if r["precision"] in PRECISIONS]}, "trained") is None
     assert columns({"rows": [], "precisions": dict.fromkeys(PRECISIONS)}) == list(PRECISIONS)
+
+
+def test_demo_smollm2_composes_through_the_extend_hook(monkeypatch, tmp_path):
+    """`demo --smollm2` hands the SmolLM2 rows to run_demo(extend=...) (the demo imports no other experiment)."""
+    from typer.testing import CliRunner
+
+    import amnesiac.demo
+    import amnesiac.report.demo_report
+    import amnesiac.reproduce.smollm2
+    from amnesiac.cli import app
+    from amnesiac.reproduce.smollm2_demo import add_to_demo
+
+    seen = {}
+
+    def fake_run_demo(cfg, out, log=print, extend=None):
+        seen.update(cfg=cfg, extend=extend)
+        return {"wall_s": 0.0, "prepare_s": 0.0}
+
+    monkeypatch.setattr(amnesiac.reproduce.smollm2, "resolve_model", lambda m: "m")
+    monkeypatch.setattr(amnesiac.demo, "run_demo", fake_run_demo)
+    monkeypatch.setattr(amnesiac.report.demo_report, "print_table", lambda s, c: None)
+    for flag, want in (("--smollm2", add_to_demo), ("--no-smollm2", None)):
+        r = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "d"), flag])
+        assert r.exit_code == 0, r.output
+        assert seen["extend"] is want and seen["cfg"].smollm2 == (want is not None)

@@ -162,6 +162,45 @@ def test_eval_cli_writes_summary_and_per_example(mem_model, tok, qa_people, tmp_
     assert json.loads((tmp_path / "o2" / "summary.json").read_text())["metrics"]["forget_quality"]["value"] == pytest.approx(1.0)
 
 
+def test_eval_runs_every_registered_metric(mem_model, tok, qa_people, tmp_path):
+    """A metric registered with an eval hook (one file's worth: the function, @register, @evaluates) shows up in
+    `amnesiac eval` without touching evaluate.py; the registry is restored afterwards."""
+    from typer.testing import CliRunner
+
+    from amnesiac.cli import app
+    from amnesiac.evaluate import evaluated_metrics
+    from amnesiac.io import write_jsonl
+    from amnesiac.metrics.base import MetricResult, evaluates
+    from amnesiac.models import save_model
+    from amnesiac.registry import register, registry
+
+    def toy_forget_count(items):
+        """toy: the number of forget items"""
+        return MetricResult("toy_forget_count", float(len(items)), [], True, {"n": len(items)})
+
+    @evaluates(toy_forget_count)
+    def _hook(ctx):
+        if "forget" in ctx.qa:
+            yield toy_forget_count(ctx.qa["forget"][0])
+
+    mdir = save_model(mem_model, tok, tmp_path / "model")
+    write_jsonl(tmp_path / "forget.jsonl", [it.to_json() for it in qa_people["forget"]])
+    register("metrics", "toy_forget_count")(toy_forget_count)
+    try:
+        assert evaluated_metrics()[-1] is toy_forget_count  # default order: after the built-in ones
+        r = CliRunner().invoke(app, ["eval", "--model", str(mdir), "--data", str(tmp_path / "forget.jsonl"), "--retain",
+                                     "none", "--out", str(tmp_path / "out"), "--device", "cpu", "--no-progress"],
+                               env={"COLUMNS": "200"})
+        assert r.exit_code == 0, r.output
+        assert "toy_forget_count" in r.output
+        s = json.loads((tmp_path / "out" / "summary.json").read_text())
+        assert s["metrics"]["toy_forget_count"]["value"] == len(qa_people["forget"])
+        assert "forget/exact_match" in s["metrics"]  # the built-in ones still run
+    finally:
+        registry("metrics").pop("toy_forget_count", None)
+    assert toy_forget_count not in evaluated_metrics()
+
+
 def test_qa_metric_functions_still_work(mem_model, tok, qa_people):
     from amnesiac.metrics.qa import answer_prob, exact_match_recall, rouge_recall
 

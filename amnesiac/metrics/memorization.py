@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from ..registry import register
-from .base import MetricResult, mean
+from .base import MetricResult, evaluates, mean
 
 
 def exact_memorization(argmax_ids: Sequence[int], ids: Sequence[int]) -> float:
@@ -41,3 +41,12 @@ def memorization_results(argmax_ids: list, ids: list, prefix: str = "", higher_i
     sec = {"section": "docs/science.md §5 extraction strength / exact memorisation", "n": len(ids)}
     return [MetricResult(f"{prefix}exact_memorization", mean(em), em, higher_is_better, sec),
             MetricResult(f"{prefix}extraction_strength", mean(es), es, higher_is_better, sec)]
+
+
+@evaluates(memorization_results, order=14)
+def _eval_memorization(ctx):
+    for name, (items, s) in ctx.qa.items():
+        for m in memorization_results([r["am"] for r in s["ans"]], [r["ids"] for r in s["ans"]], f"{name}/",
+                                      name != "forget"):
+            m.meta["ci95"] = ctx.ci(m.per_example)
+            yield m

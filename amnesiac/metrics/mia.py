@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from ..registry import register
-from .base import MetricResult
+from .base import MetricResult, evaluates
 
 MINK_K = 0.2  # Min-K % paper's usual k; MUSE's PrivLeak uses 0.4 (muse.PRIVLEAK_K)
 
@@ -108,3 +108,11 @@ def mia_suite(member: dict, nonmember: dict, k: float = MINK_K, meta: dict | Non
         attacks["ref"] = lambda i, d: reference_score(d["lp"][i], d["lp_ref"][i])
     return [attack_result(n, scores(member, f), scores(nonmember, f), {"k": k, **(meta or {})} if n.startswith("mink") else meta)
             for n, f in attacks.items()]
+
+
+@evaluates(mia_suite, order=30)
+def _eval_mia(ctx):
+    mi = ctx.membership()
+    if mi is not None:
+        mem, non, on = mi
+        yield from mia_suite(mem, non, ctx.cfg.mink_k, {"on": on})

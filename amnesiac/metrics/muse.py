@@ -15,7 +15,7 @@ import numpy as np
 
 from ..data.schema import DataError, QAItem, VerbItem
 from ..registry import register
-from .base import MetricResult, mean
+from .base import MetricResult, evaluates, mean
 from .text import rouge_muse
 
 VERBMEM_NEW_TOKENS = 128  # §5 VerbMem
@@ -125,6 +125,52 @@ def privleak(auc_unlearned: float, auc_retrained: float, meta: dict | None = Non
     return MetricResult("privleak", float(v), [], False,
                         {"auc": auc_unlearned, "auc_retrained": auc_retrained, "ideal": 0.0,
                          "section": "docs/science.md §5 PrivLeak", **(meta or {})})
+
+
+# ---- in `amnesiac eval` --------------------------------------------------------------------------------------
+@evaluates(privleak, order=31)
+def _eval_privleak(ctx):
+    """PrivLeak and the AUC it is made of, on the MIA family's members / non-members. AUC(θ_r): a retrained
+    model's, else a value the user gave, else the data's published one (MUSE news/books)."""
+    mi = ctx.membership()
+    if mi is None:
+        return
+    auc_u = ctx.privleak_auc()
+    ret, cfg = ctx.retrained, ctx.cfg
+    if ret is not None and ret.privleak_auc is not None:
+        auc_r, src = ret.privleak_auc, ret.source
+    elif cfg.privleak_ref_auc is not None:
+        auc_r, src = cfg.privleak_ref_auc, "given value (--privleak-ref-auc)"
+    elif ctx.data.privleak_ref is not None:
+        auc_r, src = ctx.data.privleak_ref
+    else:
+        auc_r, src = None, None
+    meta = {"on": mi[2], "k": cfg.privleak_k, "auc_retrained_source": src}
+    if auc_r is not None:
+        yield privleak(auc_u, auc_r, meta)
+    yield MetricResult("privleak_auc", auc_u, [], False, {**meta, "labels": "forget=0, holdout=1; score = −Min-k",
+                                                          "ideal": "AUC of the retrained model",
+                                                          "section": "docs/science.md §5 PrivLeak"})
+
+
+@evaluates(verbmem, order=40)
+def _eval_verbmem(ctx):
+    items, n = ctx.data.verbmem, ctx.cfg.verbmem_max_new_tokens
+    if items:
+        outs = ctx.run.generate([it.prompt for it in items], n, desc="verbmem")
+        yield verbmem(ctx.run.model, ctx.run.tok, items, outputs=outs, max_new_tokens=n)
+
+
+@evaluates(knowmem, order=41)
+def _eval_knowmem(ctx):
+    for side, hib in (("forget", False), ("retain", True)):
+        items, icl = getattr(ctx.data, f"knowmem_{side}"), getattr(ctx.data, f"knowmem_{side}_icl")
+        if items:
+            ex = [(e.question, e.answer) for e in icl]
+            raw = ctx.run.generate([knowmem_prompt(it.question, ex) for it in items], ctx.cfg.knowmem_max_new_tokens,
+                                   KNOWMEM_CUTS, desc=f"knowmem {side}")
+            yield knowmem(ctx.run.model, ctx.run.tok, items, icl, name=f"knowmem_{side}", higher_is_better=hib,
+                          outputs=[knowmem_cut(o) for o in raw])
 
 
 # ---- Loaders for the MUSE layout -----------------------------------------------------------

@@ -10,7 +10,7 @@ from ..core import generate_greedy, score_pairs
 from ..data.prompt import bind
 from ..data.schema import QAItem
 from ..registry import register
-from .base import MetricResult, mean
+from .base import MetricResult, evaluates, mean
 from .text import exact_match, rouge_tofu
 
 
@@ -48,3 +48,34 @@ def answer_prob(model, tok, items: list[QAItem], batch_size: int = 32, fmt=None)
                      [b.item_answer(it, it.answer) for it in items], batch_size=batch_size)
     per = np.exp(sc.mean).tolist()
     return MetricResult("answer_prob", mean(per), per, True, {"n": len(items)})
+
+
+# ---- in `amnesiac eval`: one result per QA set, from the shared answers and scores ------------------------------
+@evaluates(exact_match_recall, order=10)
+def _eval_exact_match(ctx):
+    for name, (items, s) in ctx.qa.items():
+        yield ctx.result(f"{name}/exact_match", s["m"]["exact_match"], name != "forget",
+                         {"section": "docs/science.md §5 exact-match recall", "outputs": s["gen"]})
+
+
+@evaluates(rouge_recall, order=11)
+def _eval_rouge(ctx):
+    for name, (items, s) in ctx.qa.items():  # ROUGE-1 too (ROUGE-L is the measuring layer's, identical)
+        r1 = mean(rouge_tofu(it.answer, o)["rouge1_recall"] for o, it in zip(s["gen"], items))
+        yield ctx.result(f"{name}/rougeL_recall", s["m"]["rougeL_recall"], name != "forget",
+                         {"rouge1_recall": r1, "section": "docs/science.md §5 ROUGE-L recall (TOFU: stemmer, recall)"})
+
+
+@evaluates(answer_prob, order=12)
+def _eval_prob(ctx):
+    from . import tofu
+
+    for name, (items, s) in ctx.qa.items():
+        ans_mean = [r["lp"].mean() for r in s["ans"]]
+        if "wrong_mean" in s:
+            yield ctx.result(f"{name}/prob", tofu.normalized_probability(ans_mean, s["wrong_mean"]).tolist(),
+                             name != "forget", {"normalised": True,
+                                                "section": "docs/science.md §5 probability (options-normalised)"})
+        else:
+            yield ctx.result(f"{name}/prob", tofu.probability(ans_mean).tolist(), name != "forget",
+                             {"normalised": False, "section": "docs/science.md §5 probability P(a|q)^(1/|a|)"})

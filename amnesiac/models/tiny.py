@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..data import bios
@@ -37,6 +38,18 @@ RECIPES = {
     "m": dict(base_epochs=2.0, base_lr=1e-3, ft_lr=1e-3, renders=1, batch_size=16, base_batch_size=32, check_every=5,
               max_epochs=120, criterion=0.97),
 }
+
+
+@dataclass
+class PrepareConfig:
+    """What `amnesiac prepare` builds: the tiny model preset and the seed of its data, init and training."""
+    size: str = "xs"  # tiny model size preset: xs | s | m
+    seed: int = 0  # seed for data, init and training order
+
+    def __post_init__(self) -> None:
+        from ..errors import check_choice
+
+        check_choice("--size", self.size, list(SIZES))
 
 
 def default_config(size: str = "xs", seed: int = 0, n_people: int | None = None, n_pretrain_people: int = 1000,

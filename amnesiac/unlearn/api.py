@@ -4,7 +4,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from . import sure as sure_mod
 from .common import Ctx, UnlearnError, check_overlap, data_key, make_split
 from .config import SURE_DEFAULT_PERCENTILE, UnlearnConfig
 from .reference import Reference
+from .artifacts import peak_memory, save_final, snapshot, weight_drift  # noqa: F401  (weight_drift: public)
 from .trainer import UnlearnDiverged, check_resume, model_key, train
 
 
@@ -70,66 +70,6 @@ def _claim_out(out: Path, inputs: list, resume: bool, overwrite: bool):
     return claim_output(out, inputs, overwrite=overwrite, kind="unlearn", resume=resume, inplace=True, lock=False), resume
 
 
-def _snapshot(model, source: Path | None) -> Callable[[], dict[str, torch.Tensor]]:
-    """How to get θ_t back at the end for |Δw|: stream it from the source safetensors when they are exactly the
-    loaded weights (a folder, a hub snapshot), else a CPU copy now (a dequantized .gguf; an adapter, whose
-    files hold only the adapter's tensors, under names that are not the merged model's)."""
-    from ..models.resolve import weights_dir
-
-    wdir = weights_dir(source) if source is not None else None
-    files = sorted(Path(wdir).glob("*.safetensors")) if wdir is not None else []
-    if files:
-        def load():
-            from safetensors import safe_open
-
-            d = {}
-            for f in files:
-                with safe_open(str(f), framework="pt") as h:
-                    for k in h.keys():
-                        d[k] = h.get_tensor(k)
-            return d
-        return load
-    saved = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-    return lambda: saved
-
-
-def weight_drift(model, before: dict[str, torch.Tensor], group: int = 64, bits: int = 4) -> dict:
-    """mean |Δw| over all weights, and over ≥2-D weights in units of the target's symmetric RTN step
-    Δ = max|w|/(2^(b−1) − 1) per group of `group` inputs (docs/science.md §3), i.e. the |Δw|/Δ the paper's
-    mechanism is about (§1: below ½ a step, 4-bit quantization can snap θ_u back onto θ_t)."""
-    tot = n = 0.0
-    q_tot = q_n = 0.0
-    changed = 0
-    qmax = 2 ** (bits - 1) - 1
-    for k, w in model.state_dict().items():
-        if k not in before or before[k].shape != w.shape or not w.is_floating_point():
-            continue
-        w0 = before[k].float()
-        d = (w.detach().float().cpu() - w0)
-        tot += d.abs().sum().item()
-        n += d.numel()
-        changed += int((d != 0).sum())
-        if w.dim() == 2 and w.shape[1] % group == 0:
-            step = w0.view(w0.shape[0], -1, group).abs().amax(-1, keepdim=True) / qmax
-            r = (d.view_as(step.expand(-1, -1, group)) / step.clamp_min(1e-12)).abs()
-            q_tot += r.sum().item()
-            q_n += r.numel()
-    return {"mean_abs_dw": tot / max(n, 1), "fraction_changed": changed / max(n, 1),
-            f"mean_abs_dw_over_{bits}bit_g{group}_step": (q_tot / q_n) if q_n else None}
-
-
-def _peak_memory(device: torch.device) -> dict:
-    try:
-        import resource  # Unix only
-
-        d = {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}  # Linux reports KiB
-    except ImportError:
-        d = {"peak_rss_bytes": None}
-    if device.type == "cuda":
-        d["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
-    return d
-
-
 def unlearn(model, forget, retain=None, *, tokenizer=None, out: str | os.PathLike | None = None,
             config: UnlearnConfig | None = None, resume: bool = False, overwrite: bool = False,
             callbacks: Sequence[Callable[[dict], None]] = (), trust_remote_code: bool = False,
@@ -149,6 +89,65 @@ def unlearn(model, forget, retain=None, *, tokenizer=None, out: str | os.PathLik
     are refused unless allow_overlap), sequence length (cut to max_length, else to the model's context, with a
     warning), and on resume the checkpoint's options, model and data (content hashes). A non-finite loss,
     gradient or weight raises UnlearnDiverged (status "failed" in OUT/unlearn.json, last checkpoint kept)."""
+    plan = _validate(model, forget, retain, tokenizer, out, config, resume, overwrite, trust_remote_code,
+                     allow_overlap, options)
+    ddp, rank_device = distributed.init(plan.cfg.device, plan.cfg)  # joins the group under torchrun / accelerate launch
+    writes = plan.claim is not None and ddp.is_main  # rank 0 alone writes OUT (other ranks have no claim)
+    if not writes:
+        plan.claim = None
+    try:
+        if writes:
+            plan.claim.lock()  # a second process on this OUT is refused now, before its model loads
+        run = _set_up(plan, model, ddp, rank_device, trust_remote_code)
+        if plan.claim is not None:
+            plan.claim.begin()  # late: an --overwrite'n earlier run is replaced only now that everything above worked
+        ddp.barrier()
+        res = _train(plan, run, callbacks)
+        return _finish(plan, run, res)
+    finally:
+        if writes:
+            plan.claim.unlock()
+
+
+@dataclass
+class _Plan:
+    """Everything checked and loaded before a model: what the run will do, on which data, into which OUT."""
+    cfg: UnlearnConfig
+    method: Any
+    reg: Any
+    robust: Any
+    method_name: str
+    reg_name: str
+    use_sure: bool
+    source: Path | None
+    tok: Any
+    data: dict
+    out: Path | None
+    claim: Any
+    resume: bool
+    identity: dict
+    notes: list[str]
+    record: dict  # the run's description, as unlearn.json begins
+
+
+@dataclass
+class _Run:
+    """The model set up for training: its context, trainable parameters, SURE masks, monitor."""
+    t_start: float
+    dev: torch.device
+    model: Any
+    ctx: Ctx
+    params: dict
+    masks: Any
+    sure_stats: Any
+    monitor: Any
+    snapshot: Callable[[], dict]
+    ddp: Any
+
+
+def _validate(model, forget, retain, tokenizer, out, config, resume, overwrite, trust_remote_code, allow_overlap,
+              options) -> _Plan:
+    """Every option, OUT, the data and the sequence lengths, checked before any model loads; the tokenizer."""
     if config is not None and options:
         raise UnlearnError("pass either config or keyword options, not both")
     cfg = config if config is not None else UnlearnConfig.from_kwargs(**options)  # validates every option
@@ -157,7 +156,7 @@ def unlearn(model, forget, retain=None, *, tokenizer=None, out: str | os.PathLik
         cfg = dataclasses.replace(cfg, sure_percentile=SURE_DEFAULT_PERCENTILE)
     if use_sure and cfg.lora_rank:
         raise UnlearnError("SURE and LoRA do not combine (SURE masks rows of the full weights); pick one")
-    _check_optimizer(cfg.optimizer)  # scale
+    _check_optimizer(cfg.optimizer)
     out = Path(out) if out is not None else None
     if resume and out is None:
         raise UnlearnError("resume needs the output directory that holds the checkpoint")
@@ -167,9 +166,9 @@ def unlearn(model, forget, retain=None, *, tokenizer=None, out: str | os.PathLik
     reg = lookup("regularizers", reg_name)(cfg)
     robust = _robust(cfg)  # a typo or a missing quantization library fails here, before any model loads
     source = Path(model) if isinstance(model, (str, os.PathLike)) else None
-    from ..models.load import check_device, check_model_dir
+    from ..models.load import check_device, check_model_dir, load_tokenizer, model_context
 
-    if distributed.launched_world() <= 1:  # scale: under a launch, distributed.init checks the device
+    if distributed.launched_world() <= 1:  # under a launch, distributed.init checks the device
         check_device(cfg.device)
     if source is not None:
         check_model_dir(source)  # fail before touching OUT
@@ -177,7 +176,7 @@ def unlearn(model, forget, retain=None, *, tokenizer=None, out: str | os.PathLik
         raise UnlearnError("pass tokenizer= with a model object (or give a model directory)")
     claim = None
     if out is not None and distributed.launched_world() > 1 and os.environ.get("RANK", "0") != "0":
-        resume = resume and (out / "checkpoint").is_dir()  # scale: rank 0 alone claims and writes OUT
+        resume = resume and (out / "checkpoint").is_dir()  # rank 0 alone claims and writes OUT
     elif out is not None:
         paths = [x for x in (source, forget, retain) if isinstance(x, (str, os.PathLike))]
         claim, resume = _claim_out(out, paths, resume, overwrite)
@@ -191,8 +190,6 @@ def unlearn(model, forget, retain=None, *, tokenizer=None, out: str | os.PathLik
                 "forget": data_key(forget_items), "retain": data_key(retain_items)}
     if resume:
         check_resume(out, cfg.training_hash(), identity)
-    from ..models.load import load_model, load_tokenizer, model_context
-
     tok = load_tokenizer(source, trust_remote_code) if source is not None else tokenizer
     n_ctx = model_context(source if source is not None else model)
     if cfg.max_length and n_ctx and cfg.max_length > n_ctx:
@@ -206,18 +203,14 @@ def unlearn(model, forget, retain=None, *, tokenizer=None, out: str | os.PathLik
     notes = _truncation_notes(data, limit, cfg.max_length)
     if cfg.early_stop_recall is not None and not data["forget"].is_qa:
         raise UnlearnError("early stopping measures exact-match recall: it needs QA forget data")
-
-    ddp, rank_device = distributed.init(cfg.device, cfg)  # scale: joins the group under torchrun / accelerate launch
-    writes = claim is not None and ddp.is_main  # scale: rank 0 alone writes OUT (other ranks have no claim)
-    try:
-        if writes:
-            claim.lock()  # a second process on this OUT is refused now, before its model loads
-        return _run(model, source, tok, data, cfg, method, reg, robust, method_name, reg_name, use_sure, ddp,
-                    rank_device, out, claim if writes else None, resume, callbacks, trust_remote_code, identity,
-                    notes, forget, retain, forget_items, retain_items, load_model)
-    finally:
-        if writes:
-            claim.unlock()
+    record = {"method": method_name, "regularizer": reg_name, "sure": use_sure, "config": cfg.to_json(),
+              "seed": cfg.seed, "model": str(source) if source else type(model).__name__,
+              "model_key": identity["model"], "prompt_format": data["forget"].fmt.record(),
+              "data": {"forget": forget if isinstance(forget, str) else f"<{len(forget_items)} items>",
+                       "retain": retain if isinstance(retain, (str, type(None))) else f"<{len(retain_items)} items>",
+                       "forget_key": identity["forget"], "retain_key": identity["retain"]}}
+    return _Plan(cfg, method, reg, robust, method_name, reg_name, use_sure, source, tok, data, out, claim, resume,
+                 identity, notes, record)
 
 
 def _truncation_notes(data: dict, limit: int | None, asked: int | None) -> list[str]:
@@ -231,14 +224,16 @@ def _truncation_notes(data: dict, limit: int | None, asked: int | None) -> list[
     return notes
 
 
-def _run(model, source, tok, data, cfg, method, reg, robust, method_name, reg_name, use_sure, ddp, rank_device,
-         out, claim, resume, callbacks, trust_remote_code, identity, notes, forget, retain, forget_items,
-         retain_items, load_model) -> UnlearnResult:
-    """Load, set up and train; OUT is prepared (claim.begin) only once all of that has worked."""
+def _set_up(plan: _Plan, model, ddp, rank_device, trust_remote_code: bool) -> _Run:
+    """Load the model onto this rank's device; method, reference, LoRA, trainable parameters, SURE masks, the
+    early-stop monitor, the quantization-aware views. Nothing is written."""
+    from ..models.load import load_model
+
+    cfg, method, reg, data, tok = plan.cfg, plan.method, plan.reg, plan.data, plan.tok
     t_start = time.time()
-    dev = torch.device(rank_device)  # scale: resolve_device(cfg.device), or cuda:LOCAL_RANK per process
-    if source is not None:
-        model, _ = load_model(source, device=str(dev), dtype="bfloat16" if cfg.precision == "bfloat16" else "float32",
+    dev = torch.device(rank_device)  # resolve_device(cfg.device), or cuda:LOCAL_RANK per process
+    if plan.source is not None:
+        model, _ = load_model(plan.source, device=str(dev), dtype="bfloat16" if cfg.precision == "bfloat16" else "float32",
                               trust_remote_code=trust_remote_code)
     else:
         model.to(dev)
@@ -246,7 +241,7 @@ def _run(model, source, tok, data, cfg, method, reg, robust, method_name, reg_na
             model.to(torch.bfloat16)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    snapshot = _snapshot(model, source)
+    snap = snapshot(model, plan.source)
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     model.eval()
@@ -255,7 +250,7 @@ def _run(model, source, tok, data, cfg, method, reg, robust, method_name, reg_na
     needs = tuple(method.ref_needs) + (tuple(reg.ref_needs) if "retain" in data else ())
     trainable = method.trainable(model, ctx)
     if cfg.lora_rank and trainable is not None:
-        raise UnlearnError(f"{method_name} chooses its own trainable parameters; it does not combine with LoRA")
+        raise UnlearnError(f"{plan.method_name} chooses its own trainable parameters; it does not combine with LoRA")
     ctx.ref = Reference(cfg.reference, model, data, needs, ctx, batch_size=cfg.batch_size, max_gb=cfg.ref_max_gb,
                         lora=bool(cfg.lora_rank))
     if cfg.lora_rank:
@@ -276,7 +271,7 @@ def _run(model, source, tok, data, cfg, method, reg, robust, method_name, reg_na
     if cfg.sure_percentile is not None:
         sal = sure_mod.saliency(ctx, method, params, cfg.batch_size)
         masks, sure_stats = sure_mod.build_masks(sal, cfg.sure_percentile, cfg.sure_scope)
-    params, masks = ddp.wrap(model, params, masks)  # scale: strategy fsdp shards the model here (fsdp.py)
+    params, masks = ddp.wrap(model, params, masks)  # strategy fsdp shards the model here (fsdp.py)
 
     monitor = None
     if cfg.early_stop_recall is not None:
@@ -288,28 +283,30 @@ def _run(model, source, tok, data, cfg, method, reg, robust, method_name, reg_na
         fmt = data["forget"].fmt  # the training prompts' format: the monitor measures what was trained
         monitor = lambda: float(exact_match_recall(ctx.model, tok, items, fmt=fmt).value)  # noqa: E731
 
-    if robust is not None:
-        robust.bind(ctx.model)
-        monitor = robust.wrap_monitor(monitor)  # early stop on the *quantized* model's forget recall (§2b)
+    if plan.robust is not None:
+        plan.robust.bind(ctx.model)
+        monitor = plan.robust.wrap_monitor(monitor)  # early stop on the *quantized* model's forget recall (§2b)
+    return _Run(t_start, dev, model, ctx, params, masks, sure_stats, monitor, snap, ddp)
 
-    if claim is not None:
-        claim.begin()  # late: an --overwrite'n earlier run is replaced only now that everything above worked
-    ddp.barrier()  # scale
-    record = {"method": method_name, "regularizer": reg_name, "sure": use_sure, "config": cfg.to_json(),
-              "seed": cfg.seed, "model": str(source) if source else type(model).__name__,
-              "model_key": identity["model"], "prompt_format": data["forget"].fmt.record(),
-              "data": {"forget": forget if isinstance(forget, str) else f"<{len(forget_items)} items>",
-                       "retain": retain if isinstance(retain, (str, type(None))) else f"<{len(retain_items)} items>",
-                       "forget_key": identity["forget"], "retain_key": identity["retain"]}}
+
+def _train(plan: _Plan, run: _Run, callbacks) -> dict:
+    """The training loop (trainer.train); a divergence is recorded in OUT/unlearn.json before it propagates."""
     try:
-        res = train(ctx, method, reg, params, out=out, sure_masks=masks, resume=resume, monitor=monitor,
-                    callbacks=callbacks, config_hash=cfg.training_hash(), robust=robust, identity=identity)
+        return train(run.ctx, plan.method, plan.reg, run.params, out=plan.out, sure_masks=run.masks, resume=plan.resume,
+                     monitor=run.monitor, callbacks=callbacks, config_hash=plan.cfg.training_hash(), robust=plan.robust,
+                     identity=plan.identity)
     except UnlearnDiverged as e:
-        if out is not None and ddp.is_main:  # the run record says so; the last good checkpoint stays
-            write_json(out / "unlearn.json", {"status": "failed", "error": str(e), **record, "versions": versions()})
+        if plan.out is not None and run.ddp.is_main:  # the run record says so; the last good checkpoint stays
+            write_json(plan.out / "unlearn.json", {"status": "failed", "error": str(e), **plan.record,
+                                                   "versions": versions()})
         raise
-    model = ctx.model = ddp.unwrap(model)  # scale: FSDP → a new plain model with the gathered weights
 
+
+def _finish(plan: _Plan, run: _Run, res: dict) -> UnlearnResult:
+    """The plain model back (FSDP gathered, LoRA merged), its drift from the input, unlearn.json's record, and
+    OUT's files (rank 0; the quantized deployments of a quantization-aware run beside the latent model)."""
+    cfg, ctx, ddp, data, notes, robust = plan.cfg, run.ctx, run.ddp, plan.data, plan.notes, plan.robust
+    model = ctx.model = ddp.unwrap(run.model)  # FSDP → a new plain model with the gathered weights
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_disable()
         model.config.use_cache = True
@@ -317,41 +314,43 @@ def _run(model, source, tok, data, cfg, method, reg, robust, method_name, reg_na
         p.requires_grad_(False)
     model = lora_mod.merge(model) if cfg.lora_rank else model
     model.eval()
-    drift = weight_drift(model, snapshot())
+    drift = weight_drift(model, run.snapshot())
     if drift["fraction_changed"] == 0 and res["steps"] > (res["resumed_from"] or 0):
         notes.append(f"the weights never changed in {res['steps']} steps (all gradients zero, or a learning rate "
                      "too small to move them): this model is the input model")
         warn(notes[-1])
+    record = plan.record
     info = {
         "status": "stopped_early" if res["stopped_early"] else "complete", **record,
-        "hparams": {**method.hparams(), "alpha": cfg.alpha, **({"rmu_layer": ctx.state["rmu_layer"]} if "rmu_layer" in ctx.state else {})},
+        "hparams": {**plan.method.hparams(), "alpha": cfg.alpha, **({"rmu_layer": ctx.state["rmu_layer"]} if "rmu_layer" in ctx.state else {})},
         "data": {**record["data"], "n_forget": len(data["forget"]), "n_retain": len(data.get("retain", [])),
                  "n_truncated": {k: v.n_truncated for k, v in data.items()},
                  "forget_hash": hash_obj(data["forget"].seqs),
                  "retain_hash": hash_obj(data["retain"].seqs) if "retain" in data else None,
                  "kind": "qa" if data["forget"].is_qa else "text"},
-        "device": str(dev), "distributed": ddp.describe(), "reference": ctx.ref.describe(),
-        "trainable_params": int(sum(p.numel() for p in params.values())),
+        "device": str(run.dev), "distributed": ddp.describe(), "reference": ctx.ref.describe(),
+        "trainable_params": int(sum(p.numel() for p in run.params.values())),
         "steps": res["steps"], "total_steps": res["total_steps"], "stopped_early": res["stopped_early"],
         "early_stop": {"threshold": res["early_stop_threshold"], "monitor_start": res["monitor_start"],
                        "monitor": res["monitor"]} if cfg.early_stop_recall is not None else None,
-        "resumed_from_step": res["resumed_from"], "sure_mask": sure_stats,
+        "resumed_from_step": res["resumed_from"], "sure_mask": run.sure_stats,
         "drift": drift, "weights_unchanged": drift["fraction_changed"] == 0, "warnings": notes,
         "robust": robust.describe() if robust is not None else None,
-        "train_wall_s": res["train_wall_s"], "wall_s": time.time() - t_start, "memory": _peak_memory(dev),
+        "train_wall_s": res["train_wall_s"], "wall_s": time.time() - run.t_start, "memory": peak_memory(run.dev),
         "versions": versions(), "losses": res["log"],
     }
-    if out is not None and ddp.is_main:  # scale: rank 0 saves
+    out = plan.out
+    if out is not None and ddp.is_main:  # rank 0 saves
         if robust is not None and robust.names:  # the shipped artefact is Q(θ): save it beside the latent θ
             from .robust import save_quantized
 
-            info["robust"]["quantized"] = save_quantized(model, tok, out, robust.names)
-        _save_final(model, tok, out, info, keep_checkpoint=cfg.keep_checkpoint)
-    ddp.barrier()  # scale: other ranks return once OUT is complete
-    return UnlearnResult(model, tok, info, out)
+            info["robust"]["quantized"] = save_quantized(model, plan.tok, out, robust.names)
+        save_final(model, plan.tok, out, info, keep_checkpoint=cfg.keep_checkpoint)
+    ddp.barrier()  # other ranks return once OUT is complete
+    return UnlearnResult(model, plan.tok, info, out)
 
 
-def _check_optimizer(name: str) -> None:  # scale
+def _check_optimizer(name: str) -> None:
     import importlib.util
 
     if name not in ("adamw", "adamw8bit"):
@@ -376,19 +375,3 @@ def _robust(cfg: UnlearnConfig):
         raise UnlearnError(f"method {cfg.method!r} is quantization-aware: name the deployment format(s) with "
                            "robust_to (e.g. robust_to='q4_1' or 'rtn4_g64,rtn8') and/or robust_noise > 0")
     return robust
-
-
-def _save_final(model, tok, out: Path, info: dict, keep_checkpoint: bool) -> None:
-    """Model files into OUT (via models.save_model into a temp folder, then moved), unlearn.json written last:
-    its presence marks a finished run."""
-    from ..models.load import save_model
-
-    tmp = out / ".final"
-    save_model(model, tok, tmp)
-    for f in tmp.iterdir():
-        os.replace(f, out / f.name)
-    tmp.rmdir()
-    for name in ("checkpoint.tmp", "checkpoint.old") + (() if keep_checkpoint else ("checkpoint",)):
-        if (out / name).exists():
-            shutil.rmtree(out / name)
-    write_json(out / "unlearn.json", info)

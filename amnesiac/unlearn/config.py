@@ -64,7 +64,7 @@ class UnlearnConfig(PromptOptions):
     monitor_size: int = 32  # forget items in the early-stop monitor
     log_every: int = 1  # write a log.jsonl record every k steps
     progress: bool = True  # progress bar
-    # scale (multi-process runs: distributed.py; batch_size is the global micro-batch there)
+    # multi-process runs (distributed.py): batch_size is the global micro-batch there
     optimizer: str = "adamw"  # adamw | adamw8bit (bitsandbytes 8-bit states; runs on CPU and CUDA)
     strategy: str = "ddp"  # ddp (replicated) | fsdp (FSDP2: weights, grads, optimizer states sharded; fsdp.py)
 
@@ -73,7 +73,7 @@ class UnlearnConfig(PromptOptions):
                      "strategy")  # strategy: same weights to float rounding, so a checkpoint resumes across it
 
     def __post_init__(self) -> None:
-        """Every option checked before any work (issue 21): a bad value raises UnlearnError naming it."""
+        """Every option checked before any work: a bad value raises UnlearnError naming it."""
         from ..errors import UserError, check_choice, check_number as num
 
         try:

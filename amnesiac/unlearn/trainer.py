@@ -64,7 +64,7 @@ def save_checkpoint(path: Path, params: dict[str, torch.nn.Parameter], opt: torc
     save_file({n: p.detach().cpu().contiguous() for n, p in params.items()}, str(tmp / "params.safetensors"))
     opt_t, opt_meta = {}, {}
     plist = list(params.values())
-    seen: set[int] = set()  # scale: bitsandbytes shares its quantization maps between parameters; safetensors
+    seen: set[int] = set()  # bitsandbytes shares its quantization maps between parameters; safetensors
     for i, p in enumerate(plist):  # refuses shared storage, so a repeated tensor is saved as its own copy
         st = opt.state.get(p, {})
         for k, v in st.items():
@@ -114,7 +114,7 @@ def load_checkpoint(path: Path, params: dict[str, torch.nn.Parameter], opt: torc
             continue
         i, k = key.split(".", 1)
         p = plist[int(i)]
-        if torch.is_tensor(v) and k != "step":  # scale: keep the saved dtype (8-bit states are uint8 + fp32 scales)
+        if torch.is_tensor(v) and k != "step":  # keep the saved dtype (8-bit states are uint8 + fp32 scales)
             v = v.to(device=p.device)
         opt.state[p][k] = v
     rng = load_file(str(path / "rng.safetensors"))
@@ -146,12 +146,12 @@ def make_optimizer(params: dict[str, torch.nn.Parameter], cfg, sure_masks) -> tu
         no = [params[n] for n in names if not wd_map[n]]
         groups = [g for g in ({"params": decay, "weight_decay": cfg.weight_decay}, {"params": no, "weight_decay": 0.0})
                   if g["params"]]
-    opt = _optimizer_class(getattr(cfg, "optimizer", "adamw"))(  # scale: adamw | adamw8bit
+    opt = _optimizer_class(getattr(cfg, "optimizer", "adamw"))(  # adamw | adamw8bit
         groups, lr=cfg.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps)
     return opt, wd_map
 
 
-def _optimizer_class(name: str):  # scale: the `optimizer` choice (8-bit states: bitsandbytes, runs on CPU too)
+def _optimizer_class(name: str):  # the `optimizer` choice (8-bit states: bitsandbytes, runs on CPU too)
     if name == "adamw":
         return torch.optim.AdamW
     if name == "adamw8bit":
@@ -184,18 +184,18 @@ def train(ctx: Ctx, method: Method, reg: Regularizer, params: dict[str, torch.nn
     opt, wd_map = make_optimizer(params, cfg, sure_masks)
     plist = list(params.values())
     ckpt = out / "checkpoint" if out is not None else None
-    ddp = distributed.current()  # scale: a world of 1 unless launched by torchrun / accelerate
-    monitor = ddp.prepare(ctx, method, reg, params, sure_masks, monitor)  # scale: weighted losses, rank-0 state
-    log_path = out / "log.jsonl" if out is not None and ddp.is_main else None  # scale: rank 0 writes
+    ddp = distributed.current()  # a world of 1 unless launched by torchrun / accelerate
+    monitor = ddp.prepare(ctx, method, reg, params, sure_masks, monitor)  # weighted losses, rank-0 state
+    log_path = out / "log.jsonl" if out is not None and ddp.is_main else None  # rank 0 writes
 
     torch.manual_seed(cfg.seed)
     state = {"step": 0, "log": [], "elapsed": 0.0, "monitor": [], "config_hash": config_hash,
              "identity": identity or {}}
     resumed_from = None
     if resume and ckpt is not None and ckpt.exists():
-        full, full_opt = ddp.full_state(params, opt, gather=False)  # scale: FSDP loads full tensors, then shards
+        full, full_opt = ddp.full_state(params, opt, gather=False)  # FSDP loads full tensors, then shards
         state = load_checkpoint(ckpt, full, full_opt)
-        ddp.restore(params, opt, full, full_opt)  # scale
+        ddp.restore(params, opt, full, full_opt)
         if state.get("config_hash") != config_hash:
             raise UnlearnError(f"{ckpt}: saved by a run with a different training config",
                                "use the same options to resume, or start over with overwrite (--overwrite)")
@@ -227,8 +227,8 @@ def train(ctx: Ctx, method: Method, reg: Regularizer, params: dict[str, torch.nn
         parts = {"loss": 0.0, "forget": 0.0, "retain_term": 0.0, "reg": 0.0}
         for k in range(cfg.grad_accum):
             m = step * cfg.grad_accum + k
-            fidx = ddp.shard(fs(m), "forget")  # scale: this rank's slice of the micro-batch
-            ridx = ddp.shard(rs(m), "retain") if rs is not None else None  # scale
+            fidx = ddp.shard(fs(m), "forget")  # this rank's slice of the micro-batch
+            ridx = ddp.shard(rs(m), "retain") if rs is not None else None
             # quantization-aware (robust.py, §2b): the same micro-batch once per view θ → Q(θ), losses summed
             for view in (robust.views(m) if robust is not None else (contextlib.nullcontext,)):
                 with view(), ctx.autocast():
@@ -249,7 +249,7 @@ def train(ctx: Ctx, method: Method, reg: Regularizer, params: dict[str, torch.nn
                 parts["loss"] += float(loss.detach()) / cfg.grad_accum
                 for k2, v in vals.items():
                     parts[k2] += v / cfg.grad_accum
-        ddp.sync_grads(plist, parts)  # scale: average gradients and logged losses over ranks
+        ddp.sync_grads(plist, parts)  # average gradients and logged losses over ranks
         if sure_masks is not None:
             sure_mod.mask_grads(params, sure_masks)
         gn = torch.nn.utils.clip_grad_norm_(plist, cfg.max_grad_norm or float("inf"))
@@ -278,7 +278,7 @@ def train(ctx: Ctx, method: Method, reg: Regularizer, params: dict[str, torch.nn
         bar.set_postfix({k: f"{rec[k]:.4g}" for k in ("loss", "forget", "reg", "retain_term") if k in rec})
         bar.update(1)
         if ckpt is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total:
-            full, full_opt = ddp.full_state(params, opt)  # scale: FSDP all-gathers (every rank), else as is
+            full, full_opt = ddp.full_state(params, opt)  # FSDP all-gathers (every rank), else as is
             if ddp.is_main:
                 save_checkpoint(ckpt, full, full_opt, {**state, "step": step + 1, "log": log, "monitor": mon_log,
                                                        "elapsed": time.time() - t0})

@@ -28,6 +28,7 @@ from __future__ import annotations
 import random
 import re
 import unicodedata
+from dataclasses import dataclass
 from pathlib import Path
 
 from ...io import write_json, write_jsonl
@@ -36,6 +37,20 @@ from ..schema import DataError, QAItem, item_prompt, read_jsonl  # item_prompt r
 
 FACTS_FILE = Path(__file__).with_name("realworld.jsonl")
 SPLITS = ("forget", "retain", "utility")
+
+
+@dataclass
+class FactsConfig:
+    """Which facts a model knows (greedy) and how the known ones are split (`amnesiac models facts`)."""
+    forget: str = "random:0.2"  # a category, or random:<fraction|count>
+    utility: str | None = "elements"  # category held out as utility (disjoint)
+    seed: int = 0  # seed of the random forget split
+    batch_size: int = 32  # generation batch
+
+    def __post_init__(self) -> None:
+        from ...errors import check_number
+
+        check_number("--batch-size", self.batch_size, ge=1, integer=True)
 
 
 def _fact(r: dict, path: Path) -> QAItem:
@@ -164,6 +179,15 @@ def split_facts(items: list[QAItem], forget: str = "random:0.2", utility: str | 
         fg = [it for it in pool if it.attribute in want]
     fset = {id(it) for it in fg}
     return {"forget": fg, "retain": [it for it in pool if id(it) not in fset], "utility": util}
+
+
+def category_counts(items: list[QAItem], correct: list[bool]) -> list[tuple[str, int, int]]:
+    """(category, known, total) per category of the probed items, then ("all", known, total)."""
+    rows = []
+    for c in sorted({it.attribute or "-" for it in items}):
+        flags = [ok for it, ok in zip(items, correct) if (it.attribute or "-") == c]
+        rows.append((c, sum(flags), len(flags)))
+    return rows + [("all", sum(bool(x) for x in correct), len(items))]
 
 
 def fact_json(item: QAItem, **more) -> dict:

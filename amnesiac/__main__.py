@@ -1,0 +1,4 @@
+"""`python -m amnesiac`."""
+from .cli import main
+
+main()
