@@ -5,7 +5,8 @@ second interpreter where llama.cpp's Python binding is installed (it compiles ll
 `python -m venv V && V/bin/pip install llama-cpp-python`, with CMAKE_ARGS="-DGGML_NATIVE=OFF" for the
 portable build; time that install and pass the seconds as --build-seconds to have them recorded).
 
-For each model: the project writes an F32 .gguf (gguf_io.write_gguf), llama.cpp quantizes it with
+First the rounding rule alone: llama.cpp's ggml_quantize_chunk (libggml-base, shipped with the binding)
+and the project's packer on varied synthetic tensors, block by block. Then for each model: the project writes an F32 .gguf (gguf_io.write_gguf), llama.cpp quantizes it with
 `llama_model_quantize` (the library call the llama-quantize tool makes) to each file type without an
 importance matrix, and every tensor of llama.cpp's file is compared with the project's: the type
 (gguf_mix.tensor_types) and the raw block bytes (kquants / gguf's legacy quantizers applied to the
@@ -68,6 +69,45 @@ def tiny_models(seed: int = 0):
             w[3, 5] = 3.0
             w[4, 16:32] = -0.5
         out[name] = (m, tok)
+    return out
+
+
+GGML_TYPE = {"q5_0": 6, "q5_1": 7, "q8_0": 8, "q4_k": 12, "q5_k": 13, "q6_k": 14}  # ggml.h enum ggml_type
+BLOCK_BYTES = {"q5_0": (32, 22), "q5_1": (32, 24), "q8_0": (32, 34), "q4_k": (256, 144), "q5_k": (256, 176),
+               "q6_k": (256, 210)}
+
+
+def synthetic(lib_dir: str, seed: int = 0) -> dict:
+    """The rule alone on varied data: ggml's own ggml_quantize_chunk (libggml-base, no imatrix) vs the
+    project's packer, block by block."""
+    import ctypes
+
+    from amnesiac.attacks.quant.gguf_mix import quantizer_for
+
+    lib = ctypes.CDLL(str(Path(lib_dir) / "libggml-base.so"))
+    lib.ggml_quantize_chunk.restype = ctypes.c_size_t
+    lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                                        ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+    g = torch.Generator().manual_seed(seed)
+    data = {"normal 0.02": torch.randn(512, 1024, generator=g) * 0.02,
+            "student-t 2 dof": torch.distributions.StudentT(2.0).sample((512, 1024)) * 0.01,
+            "sparse 10%": torch.where(torch.rand(128, 512, generator=g) < 0.1, torch.randn(128, 512, generator=g), 0.0),
+            "grid k/8, k in [-8, 8)": torch.randint(-8, 8, (64, 256), generator=g).float() / 8,
+            "uniform positive": torch.rand(128, 512, generator=g) * 0.1,
+            "row-scaled 1e-4..1e2": torch.randn(64, 512, generator=g) * torch.logspace(-4, 2, 64)[:, None],
+            "constant 0.3": torch.full((8, 256), 0.3)}
+    out = {}
+    for name, w in data.items():
+        x = np.ascontiguousarray(w.numpy().astype(np.float32))
+        R, C = x.shape
+        for kind, t in GGML_TYPE.items():
+            blk, nb = BLOCK_BYTES[kind]
+            ref = np.zeros((R, C // blk * nb), np.uint8)
+            lib.ggml_quantize_chunk(t, x.ctypes.data, ref.ctypes.data, 0, R, C, None)
+            ours = quantizer_for(kind).pack(w)
+            diff = (ours.reshape(-1, nb) != ref.reshape(-1, nb)).any(1)
+            out[f"{name} / {kind}"] = {"blocks": int(diff.size), "blocks_identical": int((~diff).sum())}
+            print(f"synthetic {name:24s} {kind:5s} identical blocks {int((~diff).sum())}/{diff.size}", flush=True)
     return out
 
 
@@ -141,12 +181,15 @@ def main():
 
     llama_version = subprocess.run([args.llama_python, "-c", "import llama_cpp; print(llama_cpp.__version__)"],
                                    capture_output=True, text=True, check=True).stdout.strip()
+    lib_dir = subprocess.run([args.llama_python, "-c", "import llama_cpp, os; print(os.path.join(os.path.dirname("
+                              "llama_cpp.__file__), 'lib'))"], capture_output=True, text=True, check=True).stdout.strip()
+    synth = synthetic(lib_dir)
     models = tiny_models()
     if args.smollm2:
         models["smollm2-135m-instruct"] = smollm2()
     res = {"what": "project K-quants vs llama.cpp llama_model_quantize (no imatrix), raw block bytes per tensor",
            "llama_cpp_python": llama_version, "llama_cpp_build_seconds": args.build_seconds,
-           "machine": machine(), "models": {}}
+           "machine": machine(), "synthetic": synth, "models": {}}
     with tempfile.TemporaryDirectory() as td:
         for mname, (model, tok) in models.items():
             f32 = write_gguf(model, tok, Path(td) / f"{mname}-f32.gguf", ftype="f32")

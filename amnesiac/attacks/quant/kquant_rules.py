@@ -7,7 +7,9 @@ float32 in the C order. Three things make that work:
   which is torch.round;
 - the C sums are left-to-right float32 loops; `_seqsum` adds the terms of a sub-block one index at a
   time (vectorised over all sub-blocks), never torch.sum (pairwise, or a double accumulator);
-- constants such as 0.1f and rmin + rdelta·is + nmax are formed as float32 scalars first.
+- constants such as 0.1f and rmin + rdelta·is + nmax are formed as float32 scalars first;
+- sqrtf is taken in float64 and rounded once (torch's float32 sqrt is not always correctly rounded),
+  and the signs of zeros follow the C comparisons (a −0 dmin is a different byte).
 
 Layout: the weight (R, C) is split into super-blocks of QK_K = 256 consecutive inputs of one row, and
 those into sub-blocks (32 inputs for Q4_K / Q5_K, 16 for Q6_K). The functions here take the
@@ -45,7 +47,8 @@ def _f(v) -> torch.Tensor:
 
 def make_qkx2(x: torch.Tensor, w: torch.Tensor, nmax: int, rmin: float, rdelta: float, nstep: int):
     """x, w (n, B) float32 → (scale (B,), the_min (B,), L (n, B) float in [0, nmax]) with x ≈ scale·L − the_min."""
-    mn = torch.minimum(x.amin(0), torch.zeros((), dtype=F32))
+    mn = x.amin(0)
+    mn = torch.where(mn > 0, torch.zeros((), dtype=F32), mn)  # `if (min > 0) min = 0`, keeping the sign of a zero
     mx = x.amax(0)
     sum_w = _seqsum(w)
     sum_x = _seqsum(w * x)
@@ -140,13 +143,16 @@ def quantize_affine_k(x: torch.Tensor, nmax: int, rmin: float, nstep: int) -> di
     value = (d·ls)·L − dmin·lm (dequantize_row_q4_K)."""
     NB = x.numel() // QK_K
     xs = x.reshape(NB * 8, 32).T.contiguous()  # (32, B) sub-blocks of 32
-    av_x = torch.sqrt(_seqsum(xs * xs) / _f(32))
+    # sqrtf is correctly rounded; torch's float32 sqrt on CPU is not always (SLEEF, ≤ 0.5001 ulp): take the
+    # square root in float64 and round once to float32, which is the correctly rounded float32 result
+    av_x = torch.sqrt((_seqsum(xs * xs) / _f(32)).double()).float()
     w = av_x + xs.abs()
     scales, mins, L = make_qkx2(xs, w, nmax, rmin, 0.1, nstep)
     scales, mins = scales.view(NB, 8), mins.view(NB, 8)
     zero = torch.zeros((), dtype=F32)
-    max_scale = torch.maximum(scales.amax(1), zero)
-    max_min = torch.maximum(mins.amax(1), zero)
+    # C starts from +0 and replaces it only by a larger value: a block of −0 minima keeps dmin = +0
+    max_scale = torch.where(scales.amax(1) > 0, scales.amax(1), zero)
+    max_min = torch.where(mins.amax(1) > 0, mins.amax(1), zero)
     inv_scale = torch.where(max_scale > 0, _f(63) / torch.where(max_scale > 0, max_scale, _f(1)), zero)
     inv_min = torch.where(max_min > 0, _f(63) / torch.where(max_min > 0, max_min, _f(1)), zero)
     ls = torch.clamp(_nearest_u8(inv_scale[:, None] * scales), max=63)
