@@ -142,7 +142,7 @@ def compare(f32: dict, ref: dict, ftype: str, n_layer: int, llama_70b: bool = Fa
             rows.append(row)
             continue
         t0 = time.perf_counter()
-        ours = quantizer_for(rtype).pack(torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32).reshape(shape)))
+        ours = quantizer_for(rtype).pack(torch.from_numpy(np.array(data, dtype=np.float32).reshape(shape)))
         wall += time.perf_counter() - t0
         ref_b = rdata.reshape(ours.shape)
         row["bytes_identical"] = bool(np.array_equal(ours, ref_b))
@@ -171,6 +171,7 @@ def main():
     ap.add_argument("--llama-python", required=True, help="interpreter with llama-cpp-python installed")
     ap.add_argument("--smollm2", action="store_true", help="also SmolLM2-135M-Instruct from the amnesiac cache")
     ap.add_argument("--ftypes", default=",".join(FTYPES))
+    ap.add_argument("--smollm2-ftypes", default="q4_k_m,q4_k_s,q6_k", help="file types checked on SmolLM2 (slower)")
     ap.add_argument("--build-seconds", type=float, default=None, help="how long the llama.cpp build took (recorded)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "results" / "kquants_conformance.json"))
     args = ap.parse_args()
@@ -181,8 +182,9 @@ def main():
 
     llama_version = subprocess.run([args.llama_python, "-c", "import llama_cpp; print(llama_cpp.__version__)"],
                                    capture_output=True, text=True, check=True).stdout.strip()
-    lib_dir = subprocess.run([args.llama_python, "-c", "import llama_cpp, os; print(os.path.join(os.path.dirname("
-                              "llama_cpp.__file__), 'lib'))"], capture_output=True, text=True, check=True).stdout.strip()
+    lib_dir = subprocess.run([args.llama_python, "-c", "import llama_cpp, os; print(os.environ.get('LLAMA_CPP_LIB_PATH') "
+                              "or os.path.join(os.path.dirname(llama_cpp.__file__), 'lib'))"],
+                             capture_output=True, text=True, check=True).stdout.strip()
     synth = synthetic(lib_dir)
     models = tiny_models()
     if args.smollm2:
@@ -199,7 +201,7 @@ def main():
             res["models"][mname] = {"n_params": sum(p.numel() for p in model.parameters()),
                                     "hidden": cfg.hidden_size, "intermediate": cfg.intermediate_size,
                                     "layers": cfg.num_hidden_layers, "tied": bool(cfg.tie_word_embeddings), "ftypes": {}}
-            for ft in args.ftypes.split(","):
+            for ft in (args.smollm2_ftypes if mname.startswith("smollm2") else args.ftypes).split(","):
                 out = Path(td) / f"{mname}-{ft}.gguf"
                 t0 = time.perf_counter()
                 p = subprocess.run([args.llama_python, "-c", QUANTIZE, str(f32), str(out), str(FTYPES[ft])],
