@@ -190,7 +190,7 @@ def main():
     if args.smollm2:
         models["smollm2-135m-instruct"] = smollm2()
     res = {"what": "project K-quants vs llama.cpp llama_model_quantize (no imatrix), raw block bytes per tensor",
-           "llama_cpp_python": llama_version, "llama_cpp_build_seconds": args.build_seconds,
+           "seed": 0, "llama_cpp_python": llama_version, "llama_cpp_build_seconds": args.build_seconds,
            "machine": machine(), "synthetic": synth, "models": {}}
     with tempfile.TemporaryDirectory() as td:
         for mname, (model, tok) in models.items():
