@@ -371,3 +371,11 @@ def test_vocabulary_and_refusals(k_llama):
         get_quantizer("gguf", kind="q4_k", group=128)
     with pytest.raises(ValueError, match="Llama-architecture"):
         model_types(type("M", (), {"config": type("C", (), {"model_type": "gpt2"})()})(), "q4_k_m")
+
+
+def test_robust_to_refuses_a_mix_and_takes_a_k_quant():
+    from amnesiac.unlearn.robust import Robust
+
+    with pytest.raises(ValueError, match="mixes formats per tensor"):
+        Robust.build("q4_k_m")
+    assert isinstance(Robust.build("q4_k").quantizers["q4_k"], KQuantizer)
