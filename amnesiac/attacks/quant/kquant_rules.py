@@ -143,7 +143,7 @@ def quantize_affine_k(x: torch.Tensor, nmax: int, rmin: float, nstep: int) -> di
     value = (d·ls)·L − dmin·lm (dequantize_row_q4_K)."""
     NB = x.numel() // QK_K
     xs = x.reshape(NB * 8, 32).T.contiguous()  # (32, B) sub-blocks of 32
-    # sqrtf is correctly rounded; torch's float32 sqrt on CPU is not always (SLEEF, ≤ 0.5001 ulp): take the
+    # sqrtf is correctly rounded; torch's float32 sqrt on CPU is not always (seen 1 ulp off): take the
     # square root in float64 and round once to float32, which is the correctly rounded float32 result
     av_x = torch.sqrt((_seqsum(xs * xs) / _f(32)).double()).float()
     w = av_x + xs.abs()
