@@ -171,6 +171,18 @@ def test_audit_runs_the_papers_calibrated_quantizers(audit_models, qa_people, tm
     assert "gptq4_g128" in AuditConfig(suite="full").attack_list()
 
 
+def test_audit_runs_llama_cpp_file_types(audit_models, qa_people, tmp_path):
+    """`--attacks q4_k_m,q4_k_m_file`: llama.cpp's Q4_K_M mix (here every row falls back, as on any model whose
+    width is not a multiple of 256) on the Linear layers, and as a whole file (embedding too): two deployments."""
+    cfg = AuditConfig(attacks=["fp", "q4_k_m", "q4_k_m_file"], n_boot=100, max_retain=10)
+    s = Audit(str(audit_models / "target"), str(audit_models / "unlearned"), qa_people["forget"], qa_people["retain"],
+              tmp_path / "a", config=cfg).run()
+    rows = {r["attack"]: r for r in s["recovery"]}
+    assert set(rows) == {"fp", "q4_k_m", "q4_k_m_file"} and not s["skipped_attacks"]
+    for a in ("q4_k_m", "q4_k_m_file"):
+        assert 0.0 <= rows[a]["value"] <= 1.0
+
+
 def test_experiments_never_write_into_inputs_or_foreign_folders(audit_models, qa_people, tmp_path):
     """audit / demo / sweep outputs follow the one ownership rule: --out inside a model, or a non-empty folder
     amnesiac did not write, is refused before any work, and nothing there changes."""

@@ -71,6 +71,7 @@ def collapse_diagnostics(target, unlearned, quantizer, linear: bool = True, embe
                         "diagnostic needs one (RTN, or a GGUF format)")
     u_params = dict(select_weights(unlearned, linear, embeddings, lm_head, include, exclude))
     qname = getattr(quantizer, "name", repr(quantizer))
+    per = quantizer.bind(target) if hasattr(quantizer, "bind") else None  # a per-tensor mix (Q4_K_M)
     raw = {}
     for name, w_t in select_weights(target, linear, embeddings, lm_head, include, exclude):
         if name not in u_params:
@@ -81,11 +82,12 @@ def collapse_diagnostics(target, unlearned, quantizer, linear: bool = True, embe
             raise ValueError(f"{name}: shapes differ ({tuple(w_t.shape)} vs {tuple(w_u.shape)})")
         key = (name, qname, w_t.data_ptr(), w_t._version)
         qt_t = cache.get(key) if cache is not None else None
+        q = per[name] if per is not None else quantizer
         if qt_t is None:
-            qt_t = quantizer.quantize(w_t.detach().float())
+            qt_t = q.quantize(w_t.detach().float())
             if cache is not None:
                 cache[key] = qt_t
-        raw[name] = _layer_stats(quantizer, w_t, w_u.to(w_t.device), qt_t, offset_bins)
+        raw[name] = _layer_stats(q, w_t, w_u.to(w_t.device), qt_t, offset_bins)
     cfg = quantizer.config() if hasattr(quantizer, "config") else {"name": qname}
     return _report(raw, {**cfg, "name": qname}, offset_bins)
 

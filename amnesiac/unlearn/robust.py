@@ -90,6 +90,11 @@ class Robust:
             raise ValueError(f"--robust-to {','.join(cal)}: calibrated quantizers (GPTQ, AWQ) are not supported for "
                              "quantization-aware unlearning yet; use a per-weight format of the same width and groups "
                              "(e.g. rtn4_asym_g128: the grid GPTQ asym rounds onto)")
+        mixed = [n for n in names if hasattr(quantizer_from_name(n), "bind")]
+        if mixed:  # Q4_K_M & co. pick a format per tensor from the model's names and layers
+            raise ValueError(f"--robust-to {','.join(mixed)}: a llama.cpp file type mixes formats per tensor, which the "
+                             "weight swap does not support yet; name the formats it uses instead (e.g. q4_k,q6_k, or "
+                             "q5_0,q8_0 where rows are not multiples of 256)")
         if noise < 0 or noise > 1:
             raise ValueError(f"robust_noise is a fraction of a 4-bit step in [0, 1], got {noise}")
         if not names and not noise:

@@ -65,9 +65,11 @@ def quantize_model(model, quantizer: Callable[[torch.Tensor], torch.Tensor], inp
     Returns (model, info) where info = {"n_tensors", "n_weights", "names"}. One tensor at a time, so
     peak extra memory is one weight's grouped copy, not a second model beyond the copy itself."""
     m = model if inplace else copy.deepcopy(model)
+    # a quantizer that picks a format per tensor (a llama.cpp file type, gguf_mix.GGUFMix) is bound to the model
+    per = quantizer.bind(m) if hasattr(quantizer, "bind") else None
     names, n = [], 0
     for name, w in select_weights(m, linear, embeddings, lm_head, include, exclude):
-        w.copy_(quantizer(w.detach()).to(w.dtype))
+        w.copy_((per[name] if per is not None else quantizer)(w.detach()).to(w.dtype))
         names.append(name)
         n += w.numel()
     if not names:

@@ -7,7 +7,8 @@ tokenizer and cut at max_len = 512 tokens (calib.calib_batches). Either way the 
 model whose Linear weights are the dequantized deployed weights, so every metric runs on it unchanged.
 
 "fp" is full precision: the model itself, not a copy (callers only read it). A name whose config has
-`embed` (e.g. "q4_1_file": a GGUF file as llama.cpp writes it) also quantizes the token embedding.
+`embed` (e.g. "q4_1_file": a GGUF file as llama.cpp writes it) also quantizes the token embedding (and with
+`head`, as "q4_k_m_file", an untied output layer).
 
 info: {"name", "config", "mode", "n_tensors", "n_weights", "wall_s", ...}; for calibrated quantizers also
 "codes" ({weight name: QTensor}: integer codes, scales, zero points, dequantize() == the weight in the
@@ -47,12 +48,13 @@ def deploy(model, tok, name: str, calib_texts: list[str] | None = None, *, n_cal
         from .apply import quantize_model
         from .backends import get_quantizer
 
-        embed = cfg.pop("embed", None)
+        embed, head = cfg.pop("embed", None), cfg.pop("head", False)
         q = get_quantizer(**cfg)
         m, info = quantize_model(model, q, **select)
-        if embed:  # the token embedding too, at its own format (a whole GGUF file)
-            quantize_model(m, get_quantizer(backend="gguf", kind=embed), inplace=True, linear=False, embeddings=True)
-            cfg["embed"] = embed
+        if embed:  # the token embedding (and with head, an untied output) too, at its own format: a whole GGUF file
+            quantize_model(m, get_quantizer(backend="gguf", kind=embed), inplace=True, linear=False, embeddings=True,
+                           lm_head=head)
+            cfg.update(embed=embed, **({"head": head} if head else {}))
         info = {**info, "mode": "dequantized", "quantizer": q}
     else:
         if not calib_texts:

@@ -194,22 +194,50 @@ class GGUFQuantizer:
             "it compiles llama.cpp from source)")
 
 
-def parse_gguf(spec: str) -> GGUFQuantizer:
-    """'gguf_q4_1' / 'q4_1' / 'Q8_0' → GGUFQuantizer."""
+def _all_kinds() -> list[str]:
+    from .gguf_mix import FTYPES
+    from .kquants import K_KINDS
+
+    return [*KINDS, *K_KINDS, *(f for f in FTYPES if f not in K_KINDS)]
+
+
+def _for_kind(kind: str, misfit: str | None = None):
+    """The quantizer of a legacy format (GGUFQuantizer), a K-quant (KQuantizer) or a mixed file type (GGUFMix)."""
+    from .gguf_mix import FTYPES, GGUFMix
+    from .kquants import K_KINDS, KQuantizer
+
+    if kind in KINDS:
+        return GGUFQuantizer(kind, misfit or "error")
+    if kind in K_KINDS:
+        return KQuantizer(kind, misfit or "fallback")
+    if kind in FTYPES:
+        if misfit:
+            raise ValueError(f"{kind}: a llama.cpp file type applies llama.cpp's own fallback per tensor; misfit= "
+                             "is not available")
+        return GGUFMix(kind)
+    raise ValueError(f"unknown GGUF format {kind!r}; available: {', '.join(_all_kinds())}")
+
+
+def parse_gguf(spec: str):
+    """'gguf_q4_1' / 'q4_1' / 'Q8_0' / 'q4_k' / 'q4_k_m' → the quantizer of that GGUF format or file type."""
     s = spec.strip().lower()
     s = s[5:] if s.startswith("gguf_") else s
-    if s not in KINDS:
+    if s not in _all_kinds():
         raise ValueError(f"cannot parse GGUF spec {spec!r}; expected one of "
-                         f"{', '.join('gguf_' + k for k in KINDS)}")
-    return GGUFQuantizer(s)
+                         f"{', '.join('gguf_' + k for k in _all_kinds())}")
+    return _for_kind(s)
 
 
-def make(bits: int = 4, group: int | None = None, kind: str | None = None, misfit: str = "error", **_):
-    """backends.get_quantizer entry: `kind` names the format; without it, bits picks Q4_0 / Q5_0 / Q8_0."""
-    if group not in (None, BLOCK):
-        raise ValueError(f"GGUF formats use blocks of {BLOCK}; group={group} is not available")
+def make(bits: int = 4, group: int | None = None, kind: str | None = None, misfit: str | None = None, **_):
+    """backends.get_quantizer entry: `kind` names the format (q4_0 … q8_0, q4_k / q5_k / q6_k, or a file
+    type q4_k_m …); without it, bits picks Q4_0 / Q5_0 / Q8_0."""
     if kind is None:
+        if group not in (None, BLOCK):
+            raise ValueError(f"GGUF formats use blocks of {BLOCK}; group={group} is not available")
         if bits not in DEFAULT_KIND:
             raise ValueError(f"GGUF legacy formats exist at 4, 5 and 8 bits, not {bits}; or pass kind=q4_1 etc.")
         kind = DEFAULT_KIND[bits]
-    return GGUFQuantizer(kind.lower().removeprefix("gguf_"), misfit)
+    q = _for_kind(kind.lower().removeprefix("gguf_"), misfit)
+    if group not in (None, q.group):
+        raise ValueError(f"GGUF {q.name} uses blocks of {q.group}; group={group} is not available")
+    return q

@@ -32,7 +32,9 @@ NAME_MAP = [  # HF suffix → GGUF name, per decoder layer
     ("self_attn.o_proj", "attn_output"), ("mlp.gate_proj", "ffn_gate"), ("mlp.up_proj", "ffn_up"),
     ("mlp.down_proj", "ffn_down"), ("input_layernorm", "attn_norm"), ("post_attention_layernorm", "ffn_norm"),
 ]
-FTYPES = ["f32", "f16", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0"]
+# f32 … q8_0: one format for every Linear; q4_k_s … q6_k: llama.cpp's file types, each tensor at the type
+# llama-quantize picks for it (gguf_mix.tensor_types: the embedding and output included)
+FTYPES = ["f32", "f16", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k"]
 
 
 def gguf_name(hf_name: str) -> str:
@@ -94,8 +96,8 @@ def _q_type(kind: str):
 def write_gguf(model, tokenizer, path: str | Path, ftype: str = "f32", embed_type: str | None = None,
                name: str | None = None) -> Path:
     """Write `model` (LlamaForCausalLM) + `tokenizer` to `path` (.gguf). ftype: one of FTYPES.
-    embed_type: format of the token embedding / untied output (default: q8_0 when ftype is a block
-    format, else ftype). Written to a temp file first, then renamed."""
+    embed_type: format of the token embedding / untied output (default: q8_0 when ftype is a legacy block
+    format, the type llama.cpp picks for a K file type, else ftype). Written to a temp file first, then renamed."""
     import os
 
     import gguf
@@ -105,7 +107,16 @@ def write_gguf(model, tokenizer, path: str | Path, ftype: str = "f32", embed_typ
     ftype = ftype.lower()
     if ftype not in FTYPES:
         raise ValueError(f"unknown GGUF file type {ftype!r}; available: {', '.join(FTYPES)}")
-    embed_type = (embed_type or ("q8_0" if ftype.startswith("q") else ftype)).lower()
+    from .gguf_mix import FTYPES as MIXES
+    from .gguf_mix import model_tensors, model_types, quantizer_for
+
+    plan = None
+    if ftype in MIXES:
+        types = model_types(model, ftype)
+        plan = {g: types[hf] for hf, g, _ in model_tensors(model)}
+    if embed_type is None and plan is None:
+        embed_type = "q8_0" if ftype.startswith("q") else ftype
+    embed_type = embed_type.lower() if embed_type else None
     cfg = model.config
     if getattr(cfg, "model_type", None) != "llama":
         raise ValueError(f"write_gguf supports Llama-architecture models, not {cfg.model_type!r}")
@@ -161,7 +172,12 @@ def write_gguf(model, tokenizer, path: str | Path, ftype: str = "f32", embed_typ
             a = p.detach().float().cpu().numpy()
             if gname.endswith(("attn_q.weight", "attn_k.weight")):
                 a = _permute(a, n_head if "attn_q" in gname else n_kv)
-            kind = "f32" if a.ndim == 1 else (embed_type if gname.startswith(("token_embd", "output.")) else ftype)
+            if a.ndim == 1:
+                kind = "f32"
+            elif embed_type and gname.startswith(("token_embd", "output.")):
+                kind = embed_type
+            else:
+                kind = plan[gname] if plan else ftype
             if kind.startswith("q") and a.shape[-1] % BLOCK:
                 kind = "f16"  # the converter's fallback for rows that are not whole blocks
             if kind == "f32":
@@ -169,8 +185,9 @@ def write_gguf(model, tokenizer, path: str | Path, ftype: str = "f32", embed_typ
             elif kind == "f16":
                 w.add_tensor(gname, a.astype(np.float16))
             else:
-                w.add_tensor(gname, GGUFQuantizer(kind).pack(torch.from_numpy(np.ascontiguousarray(a))),
-                             raw_dtype=_q_type(kind))
+                q = quantizer_for(kind) if plan or kind.endswith("_k") else GGUFQuantizer(kind)
+                w.add_tensor(gname, q.pack(torch.from_numpy(np.ascontiguousarray(a))), raw_dtype=_q_type(q.stored_type(
+                    a.shape[-1]) if hasattr(q, "stored_type") else kind))
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_tensors_to_file()

@@ -2,7 +2,7 @@
 
 Accepted names: the audit's named attacks (`rtn8`, `rtn4_g64`, `hqq4`, `bnb_nf4`, …: NAMED below),
 RTN specs (`rtn4_g128`, `rtn4_asym_g128`, `rtn8_ch`: attacks.quant.rtn.parse_rtn) and llama.cpp GGUF
-formats (`q4_1`, `gguf_q8_0`: gguf_backend.parse_gguf). Each resolves to `get_quantizer(**config)`, so
+formats (`q4_1`, `gguf_q8_0`, K-quants `q4_k`, `q6_k`, file types `q4_k_m`: gguf_backend.parse_gguf). Each resolves to `get_quantizer(**config)`, so
 whoever asks for "q4_1" gets the very object the attack uses (one implementation, docs/science.md §2b).
 Calibrated names (`gptq4_g128`, `awq4_g128`, …) resolve to a config too, but are applied to a whole
 model with calibration texts by `deploy.deploy(model, tok, name, calib_texts)` (the one entry point for
@@ -26,10 +26,16 @@ NAMED = {
     "bnb_nf4": dict(backend="bnb", bits=4, kind="nf4"),
     # a whole GGUF file as llama.cpp writes it for Q4_1: Linear Q4_1 and the (tied) token embedding Q8_0
     "q4_1_file": dict(backend="gguf", kind="q4_1", embed="q8_0"),
+    # llama-quantize's Q4_K_M / Q6_K files: every weight (token embedding and an untied output included)
+    # at the type llama.cpp picks for it (gguf_mix.py)
+    "q4_k_m_file": dict(backend="gguf", kind="q4_k_m", embed="q4_k_m", head=True),
+    "q6_k_file": dict(backend="gguf", kind="q6_k", embed="q6_k", head=True),
 }
 # "N-bit" as the sweeps say it: RTN per-channel at 8 bits, symmetric group 64 below (16 = full precision)
 BIT_WIDTHS = {16: "fp", 8: "rtn8", 4: "rtn4_g64", 3: "rtn3_g64", 2: "rtn2_g64"}
-GGUF_KINDS = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0")
+# GGUF formats: legacy 32-blocks, K-quants (256 super-blocks, llama.cpp's fallback for other widths), and
+# llama.cpp file types that mix them per tensor (Linear weights only; the *_file names add the embedding)
+GGUF_KINDS = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q4_k", "q5_k", "q6_k", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m")
 _RTN = re.compile(r"rtn(\d)(?:_(sym|asym))?(?:_(?:g(\d+)|ch))?(?:_(sym|asym))?")
 # Calibrated quantizers (they need calibration texts and the whole model, so they are applied by
 # attacks.quant.deploy.deploy, not by a per-weight function): gptq<bits>[_sym|_asym][_g<group>|_ch][_actorder]
