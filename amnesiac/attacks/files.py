@@ -53,7 +53,7 @@ class CollapseConfig:
     embeddings: bool = False  # also the input embeddings
     lm_head: bool = False  # also the LM head
     backend: str = "rtn"  # quantizer with integer codes: rtn | gguf
-    kind: str | None = None  # gguf format (q4_0, q4_1, q5_0, q5_1, q8_0)
+    kind: str | None = None  # gguf format (q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q5_k, q6_k, q4_k_s, q4_k_m, q5_k_s, q5_k_m)
 
 
 @dataclass
