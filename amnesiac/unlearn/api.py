@@ -335,6 +335,7 @@ def _run(model, source, tok, data, cfg, method, reg, robust, method_name, reg_na
                        "monitor": res["monitor"]} if cfg.early_stop_recall is not None else None,
         "resumed_from_step": res["resumed_from"], "sure_mask": sure_stats,
         "drift": drift, "weights_unchanged": drift["fraction_changed"] == 0, "warnings": notes,
+        "rounded_away": res["rounded_away"],
         "robust": robust.describe() if robust is not None else None,
         "train_wall_s": res["train_wall_s"], "wall_s": time.time() - t_start, "memory": _peak_memory(dev),
         "versions": versions(), "losses": res["log"],

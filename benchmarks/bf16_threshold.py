@@ -1,0 +1,247 @@
+"""Hypothesis H-bf16 (docs/science.md §1c): does pure-bfloat16 unlearning confine the update to the 4-bit grid's
+zero bin, so that re-quantizing brings the knowledge back even for a normally trained target?
+
+On the demo's tiny default (`trained` scenario: the fine-tuned target as is), unlearn at learning rates chosen
+so that ρ = 256·lr/Δ spans ~0.1 … 4 (Δ: the release grid's step, median over the Linear weights of the target),
+in float32, bfloat16 (pure: bf16 weights and AdamW states, no fp32 master) and bf16-mixed (fp32 master, bf16
+autocast) at a few points; early stop as the demo (forget recall ≤ 25 % of the target's, checked every 4
+steps, ≤ --max-steps). Each model is measured at full precision, 8-bit, the 4-bit release grid (rtn4_g64) and a
+foreign 4-bit grid (rtn4_g128_asym), with bootstrap CIs over forget items, plus where the update went
+(attacks/collapse.py) and the share of updates each step rounded away (unlearn.json).
+
+Every unlearned model and every measurement is cached by content (amnesiac/runs.py): a rerun resumes.
+
+usage: AMNESIAC_HOME=… OMP_NUM_THREADS=1 nice -n 10 python benchmarks/bf16_threshold.py
+           [--methods npo_klr,ga_gdr] [--rhos 0.1,0.25,0.5,1,2,4] [--mixed-rhos 0.25,1] [--max-steps 500]
+       python benchmarks/bf16_threshold.py --plot-only   (figure + table from the JSON)
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _machine import machine  # noqa: E402
+
+HERE = Path(__file__).parent
+OUT = HERE / "results" / "bf16_threshold.json"
+FIG = HERE.parent / "docs" / "results" / "bf16_threshold.png"
+DEPLOY = {"fp": "fp", "8bit": "rtn8", "4bit": "rtn4_g64", "4bit_foreign": "rtn4_g128_asym"}
+WHERE_KEYS = ("changed_fraction", "zero_bin_fraction", "changed_in_zero_bin", "update_l1_in_zero_bin",
+              "collapse_rate", "drift_kept", "mean_abs_dw_over_step", "target_over_step_changed_hist")
+
+
+def median_step(model, quantizer) -> float:
+    """Median over every weight of every Linear layer of its group's step Δ under `quantizer`."""
+    from amnesiac.attacks.quant.apply import select_weights
+
+    steps = [quantizer.quantize(w.detach().float()).step_flat().flatten() for _, w in select_weights(model, True)]
+    return float(torch.cat(steps).median())
+
+
+def where(target, model, precision: str) -> dict:
+    """Where the update went, on the release and the foreign grid; a bf16 run also vs the plain float32 target."""
+    from amnesiac.attacks.collapse import collapse_diagnostics
+    from amnesiac.attacks.quant.spec import quantizer_from_name
+    from amnesiac.runs import reference_dtype
+
+    out = {}
+    for label in ("4bit", "4bit_foreign"):
+        q = quantizer_from_name(DEPLOY[label])
+        d = collapse_diagnostics(target, model, q, target_dtype=reference_dtype(precision))["overall"]
+        out[label] = {k: d.get(k) for k in WHERE_KEYS}
+    if precision == "bfloat16":
+        d = collapse_diagnostics(target, model, quantizer_from_name(DEPLOY["4bit"]))["overall"]
+        out["4bit_vs_float32_target"] = {k: d.get(k) for k in ("changed_fraction", "changed_in_zero_bin",
+                                                                "update_l1_in_zero_bin")}
+    return out
+
+
+def run(a) -> dict:
+    from amnesiac.attacks.quant.spec import quantizer_from_name
+    from amnesiac.data import load_qa_jsonl
+    from amnesiac.data.sources import build_bios
+    from amnesiac.io import amnesiac_home, content_key, hash_obj, read_json, versions, write_json
+    from amnesiac.measure import scoring_for
+    from amnesiac.metrics.stats import bootstrap_ci, paired_bootstrap_ci
+    from amnesiac.models import load_model, tiny
+    from amnesiac.runs import cached_measure, cached_unlearn
+
+    t0 = time.time()
+    paths = tiny.prepare("xs", a.seed)  # reuses the prepared models in AMNESIAC_HOME
+    tcfg = tiny.default_config("xs", a.seed)
+    data = build_bios(tcfg["bios"])
+    forget = load_qa_jsonl(data / f"{tcfg['forget']}.jsonl")
+    retain_all = load_qa_jsonl(data / f"retain{100 - int(tcfg['forget'][-2:])}.jsonl")
+    rng = np.random.default_rng(a.seed)
+    retain = [retain_all[i] for i in sorted(rng.choice(len(retain_all), min(a.max_retain, len(retain_all)),
+                                                       replace=False))]
+    scoring = scoring_for(forget)
+    metric = scoring.metric
+    target_dir = paths["target"]
+    target, _ = load_model(target_dir, device="cpu")
+    delta = median_step(target, quantizer_from_name(DEPLOY["4bit"]))
+    root = amnesiac_home() / "bf16_threshold"
+    sets = {"forget": forget, "retain": retain}
+
+    def measure_all(mdir: Path) -> dict:
+        held: list = []
+
+        def loaded():
+            if not held:
+                held.append(load_model(mdir, device="cpu"))
+            return held[0]
+
+        return {k: cached_measure(mdir, v, sets, scoring, root / "cache", loaded=loaded) for k, v in DEPLOY.items()}
+
+    def recalls(ev: dict) -> dict:
+        out = {}
+        for k, r in ev.items():
+            f = np.asarray(r["forget"][metric], dtype=float)
+            lo, hi = bootstrap_ci(f, seed=a.seed, n_resamples=a.n_boot)
+            out[k] = {"forget": float(f.mean()), "forget_ci": [lo, hi],
+                      "retain": float(np.mean(r["retain"][metric]))}
+        fp = np.asarray(ev["fp"]["forget"][metric], dtype=float)
+        for k in ("8bit", "4bit", "4bit_foreign"):  # recovery: deployed − full precision, same items
+            out[k]["gain_vs_fp"] = paired_bootstrap_ci(fp, np.asarray(ev[k]["forget"][metric], dtype=float),
+                                                       n_resamples=a.n_boot, seed=a.seed)
+        return out
+
+    target_row = {"recall": recalls(measure_all(target_dir))}
+    plan = []  # the most informative points first, so a cut-short run still answers the question
+    order = sorted(a.rhos, key=lambda r: (abs(np.log(r / 0.5)), r))
+    for m in a.methods:
+        for rho in order:
+            plan += [(m, rho, "float32"), (m, rho, "bfloat16")]
+        plan += [(m, rho, "bf16-mixed") for rho in a.mixed_rhos]
+    rows = []
+    for m, rho, prec in plan:
+        lr = float(f"{rho * delta / 256:.3g}")
+        opts = dict(method=m, lr=lr, max_steps=a.max_steps, schedule="constant", batch_size=8, seed=a.seed,
+                    early_stop_recall=0.25, early_stop_relative=True, early_stop_every=4,
+                    monitor_size=len(forget), track_rounding=True)
+        if prec != "float32":
+            opts["precision"] = prec
+        s = time.time()
+        udir = cached_unlearn(target_dir, forget, retain_all, opts, root / "models", tag=f"{m}-rho{rho:g}-{prec}",
+                              log=lambda msg: print(f"[bf16] {msg}", flush=True))
+        info = read_json(udir / "unlearn.json")
+        ev = measure_all(udir)
+        cp = root / "cache" / f"where-{hash_obj([content_key(udir), content_key(target_dir), prec, 1])}.json"
+        if cp.exists():
+            wh = read_json(cp)
+        else:
+            wh = where(target, load_model(udir, device="cpu")[0], prec)
+            write_json(cp, wh)
+        rows.append({"method": m, "rho": rho, "lr": lr, "precision": prec, "steps": info["steps"],
+                     "stopped_early": info["stopped_early"], "train_wall_s": round(info["train_wall_s"], 1),
+                     "s_per_step": round(info["train_wall_s"] / max(info["steps"], 1), 3),
+                     "rounded_away": info.get("rounded_away"), "recall": recalls(ev), "where": wh,
+                     "point_wall_s": round(time.time() - s, 1), "model": str(udir)})
+        r4 = rows[-1]["recall"]
+        print(f"[bf16] {m} ρ={rho:g} lr={lr:.3g} {prec}: {info['steps']} steps, forget fp {r4['fp']['forget']:.2f} "
+              f"8b {r4['8bit']['forget']:.2f} 4b {r4['4bit']['forget']:.2f} 4b' {r4['4bit_foreign']['forget']:.2f}; "
+              f"L1 in zero bin {wh['4bit']['update_l1_in_zero_bin']}", flush=True)
+        summary = {"schema": "amnesiac.bf16_threshold/1", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                   "seed": a.seed, "config": {k: v for k, v in vars(a).items() if k != "plot_only"},
+                   "target": str(target_dir), "delta_median_4bit_g64": delta, "rho": "256·lr/Δ",
+                   "deployments": DEPLOY, "metric": metric, "n_forget": len(forget), "n_retain_eval": len(retain),
+                   "target_row": target_row, "rows": rows, "machine": machine(), "versions": versions(),
+                   "wall_s": round(time.time() - t0, 1)}
+        write_json(OUT, summary)
+    return summary
+
+
+def plot(summary: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = sorted({r["method"] for r in summary["rows"]})
+    fig, axes = plt.subplots(1, len(methods), figsize=(6.5 * len(methods), 4.5), squeeze=False)
+    style = {"float32": "-", "bfloat16": "--", "bf16-mixed": ":"}
+    colour = {"fp": "black", "8bit": "tab:blue", "4bit": "tab:red", "4bit_foreign": "tab:orange"}
+    for ax, m in zip(axes[0], methods):
+        for prec in ("float32", "bfloat16", "bf16-mixed"):
+            rows = sorted((r for r in summary["rows"] if r["method"] == m and r["precision"] == prec),
+                          key=lambda r: r["rho"])
+            if not rows:
+                continue
+            for dep in ("fp", "8bit", "4bit", "4bit_foreign"):
+                x = [r["rho"] for r in rows]
+                y = [r["recall"][dep]["forget"] for r in rows]
+                lo = [y_ - r["recall"][dep]["forget_ci"][0] for y_, r in zip(y, rows)]
+                hi = [r["recall"][dep]["forget_ci"][1] - y_ for y_, r in zip(y, rows)]
+                ax.errorbar(x, y, yerr=[lo, hi], ls=style[prec], color=colour[dep], marker="o", ms=3, capsize=2,
+                            label=f"{prec}, {dep}")
+        t = summary["target_row"]["recall"]["fp"]["forget"]
+        ax.axhline(t, color="grey", lw=0.8)
+        ax.axvline(0.5, color="grey", lw=0.5, ls=":")
+        ax.set_xscale("log")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("ρ = 256·lr / Δ (Δ: median 4-bit g64 step)")
+        ax.set_ylabel("forget recall (95% bootstrap CI)")
+        ax.set_title(f"{m.upper()} on the tiny target (grey: target {t:.2f})")
+        ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    FIG.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(FIG, dpi=110)
+    plt.close(fig)
+
+
+def table(summary: dict) -> str:
+    lines = ["| method | ρ | lr | precision | steps | forget fp | 8-bit | 4-bit (release) | 4-bit (foreign) | "
+             "4-bit − fp (CI) | changed | L1 in zero bin | rounded away/step |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def pct(x, nd):
+        return "-" if x is None else f"{100 * x:.{nd}f}%"
+
+    def ci(d):
+        return f"{d['forget']:.2f} [{d['forget_ci'][0]:.2f}, {d['forget_ci'][1]:.2f}]"
+
+    for r in sorted(summary["rows"], key=lambda r: (r["method"], r["rho"], r["precision"])):
+        rc, w = r["recall"], r["where"]["4bit"]
+        g = rc["4bit"]["gain_vs_fp"]
+        ra = (r.get("rounded_away") or {}).get("mean")
+        lines.append(f"| {r['method']} | {r['rho']:g} | {r['lr']:.3g} | {r['precision']} | {r['steps']}"
+                     f"{'' if r['stopped_early'] else ' (cap)'} | {ci(rc['fp'])} | {ci(rc['8bit'])} | {ci(rc['4bit'])} | "
+                     f"{ci(rc['4bit_foreign'])} | {g['diff']:+.2f} [{g['low']:+.2f}, {g['high']:+.2f}] | "
+                     f"{100 * w['changed_fraction']:.1f}% | "
+                     f"{pct(w['update_l1_in_zero_bin'], 0)} | {pct(ra, 1)} |")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--methods", default="npo_klr")
+    ap.add_argument("--rhos", default="0.1,0.25,0.5,1,2,4")
+    ap.add_argument("--mixed-rhos", default="0.25,1")
+    ap.add_argument("--max-steps", type=int, default=500)
+    ap.add_argument("--max-retain", type=int, default=100)
+    ap.add_argument("--n-boot", type=int, default=2000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--plot-only", action="store_true")
+    a = ap.parse_args()
+    a.methods = [m for m in a.methods.split(",") if m]
+    a.rhos = [float(x) for x in a.rhos.split(",") if x]
+    a.mixed_rhos = [float(x) for x in a.mixed_rhos.split(",") if x]
+    if a.plot_only:
+        from amnesiac.io import read_json
+
+        summary = read_json(OUT)
+    else:
+        summary = run(a)
+    plot(summary)
+    print(table(summary))
+
+
+if __name__ == "__main__":
+    main()
