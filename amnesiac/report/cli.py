@@ -86,6 +86,8 @@ def register(app: typer.Typer) -> None:
                   bits: Optional[str] = typer.Option(None, help="comma-separated bit widths, 16 = full precision "
                                                               "(default 16,8,4,3; with --grid-offset 16,8,4)"),
                   sure: Optional[float] = typer.Option(None, help="SURE percentile (e.g. 90) for every run"),
+                  precision: str = typer.Option("float32", help="comma-separated unlearning precisions, an axis next to "
+                                                              "--lr: float32,bfloat16,bf16-mixed"),
                   robust_to: Optional[str] = typer.Option(None, help="quantization-aware runs through these formats (e.g. rtn4_g64)"),
                   max_steps: int = typer.Option(60, help="optimizer steps per run (no early stop: a fixed budget)"),
                   seed: int = typer.Option(0, help="unlearning seed; with --grid-offset also the offset directions"),
@@ -106,6 +108,7 @@ def register(app: typer.Typer) -> None:
                 raise typer.BadParameter(f"{what}: expected comma-separated numbers, got {s!r}")
 
         bit_list = [int(b) for b in floats(bits, "--bits")] if bits else None
+        precisions = [p.strip() for p in precision.split(",") if p.strip()]
         if grid_offset is not None:
             from ..sweep_offset import OffsetSweepConfig
 
@@ -114,13 +117,13 @@ def register(app: typer.Typer) -> None:
                 raise typer.BadParameter("--grid-offset sweeps offsets at one learning rate; give one --lr")
             cfg = OffsetSweepConfig(method=method, lr=lrs[0], offsets=floats(grid_offset, "--grid-offset"),
                                     bits=bit_list or [16, 8, 4], sure_percentile=sure, robust_to=robust_to,
-                                    max_steps=max_steps, seed=seed)
+                                    max_steps=max_steps, seed=seed, precision=precisions)
         else:
             from ..sweep import SweepConfig
 
             cfg = SweepConfig(method=method, lrs=floats(lr or "1e-6,3e-6,1e-5,3e-5,1e-4", "--lr"),
                               bits=bit_list or [16, 8, 4, 3], sure_percentile=sure, robust_to=robust_to,
-                              max_steps=max_steps, seed=seed)
+                              max_steps=max_steps, seed=seed, precision=precisions)
         try:
             cfg.check()
         except ValueError as e:
@@ -137,7 +140,7 @@ def register(app: typer.Typer) -> None:
             out = out or Path("sweep_offset")
             s = run_offset_sweep(target, fset, rset, out, cfg, log=c.print)
             for r in s["rows"]:
-                c.print(f"offset {r['offset']:g} (measured mean {r['realised_offset_mean']:.3f})  {r['bits']:>2}-bit  "
+                c.print(f"offset {r['offset']:g} (measured mean {r['realised_offset_mean']:.3f}) {r['precision']}  {r['bits']:>2}-bit  "
                         f"forget {r['target_forget_recall']:.2f} → {r['forget_recall']:.2f}  retain {r['retain_recall']:.2f}  "
                         f"codes unchanged@4b {100 * r['collapse_rate_4bit']:.1f}%")
             c.print(f"wrote {out}/summary.json, {out}/sweep_offset.md/.html, {out}/sweep_offset_forget.png ({s['wall_s']} s)")
@@ -147,6 +150,6 @@ def register(app: typer.Typer) -> None:
         out = out or Path("sweep")
         s = run_sweep(target, fset, rset, out, cfg, log=c.print)
         for r in s["rows"]:
-            c.print(f"lr {r['lr']:g}  {r['bits']:>2}-bit  forget {r['forget_recall']:.2f}  retain {r['retain_recall']:.2f}  "
+            c.print(f"lr {r['lr']:g} {r['precision']}  {r['bits']:>2}-bit  forget {r['forget_recall']:.2f}  retain {r['retain_recall']:.2f}  "
                     f"codes unchanged@4b {100 * r['collapse_rate_4bit']:.1f}%")
         c.print(f"wrote {out}/summary.json, {out}/sweep.md, {out}/sweep.html, {out}/sweep_lr_forget.png ({s['wall_s']} s)")
