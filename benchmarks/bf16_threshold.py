@@ -114,21 +114,24 @@ def run(a) -> dict:
         return out
 
     target_row = {"recall": recalls(measure_all(target_dir))}
-    plan = []  # in the order given: the most informative points first, so a cut-short run still answers
-    for m in a.methods:
-        for rho in a.rhos:
-            plan += [(m, rho, "float32"), (m, rho, "bfloat16")]
-        plan += [(m, rho, "bf16-mixed") for rho in a.mixed_rhos]
-    rows = []
-    for m, rho, prec in plan:
+    rows: list[dict] = []
+    summary: dict = {}
+
+    def point(m: str, rho: float, prec: str, stop_at: float | None = None) -> dict:
+        """One unlearning run + its measurements. stop_at: an absolute early-stop recall (the matched control)."""
+        nonlocal summary
         lr = float(f"{rho * delta / 256:.3g}")
         opts = dict(method=m, lr=lr, max_steps=a.max_steps, schedule="constant", batch_size=8, seed=a.seed,
                     early_stop_recall=0.25, early_stop_relative=True, early_stop_every=4,
                     monitor_size=len(forget), track_rounding=True)
+        if stop_at is not None:
+            opts.update(early_stop_recall=stop_at, early_stop_relative=False)
         if prec != "float32":
             opts["precision"] = prec
+        label = prec + (" (matched)" if stop_at is not None else "")
         s = time.time()
-        udir = cached_unlearn(target_dir, forget, retain_all, opts, root / "models", tag=f"{m}-rho{rho:g}-{prec}",
+        udir = cached_unlearn(target_dir, forget, retain_all, opts, root / "models",
+                              tag=f"{m}-rho{rho:g}-{prec}" + ("-matched" if stop_at is not None else ""),
                               log=lambda msg: print(f"[bf16] {msg}", flush=True))
         info = read_json(udir / "unlearn.json")
         ev = measure_all(udir)
@@ -138,13 +141,14 @@ def run(a) -> dict:
         else:
             wh = where(target, load_model(udir, device="cpu")[0], prec)
             write_json(cp, wh)
-        rows.append({"method": m, "rho": rho, "lr": lr, "precision": prec, "steps": info["steps"],
-                     "stopped_early": info["stopped_early"], "train_wall_s": round(info["train_wall_s"], 1),
+        rows.append({"method": m, "rho": rho, "lr": lr, "precision": label, "steps": info["steps"],
+                     "stopped_early": info["stopped_early"], "early_stop_at": opts["early_stop_recall"],
+                     "early_stop_relative": opts["early_stop_relative"], "train_wall_s": round(info["train_wall_s"], 1),
                      "s_per_step": round(info["train_wall_s"] / max(info["steps"], 1), 3),
                      "rounded_away": info.get("rounded_away"), "recall": recalls(ev), "where": wh,
                      "point_wall_s": round(time.time() - s, 1), "model": str(udir)})
         r4 = rows[-1]["recall"]
-        print(f"[bf16] {m} ρ={rho:g} lr={lr:.3g} {prec}: {info['steps']} steps, forget fp {r4['fp']['forget']:.2f} "
+        print(f"[bf16] {m} ρ={rho:g} lr={lr:.3g} {label}: {info['steps']} steps, forget fp {r4['fp']['forget']:.2f} "
               f"8b {r4['8bit']['forget']:.2f} 4b {r4['4bit']['forget']:.2f} 4b' {r4['4bit_foreign']['forget']:.2f}; "
               f"L1 in zero bin {wh['4bit']['update_l1_in_zero_bin']}", flush=True)
         summary = {"schema": "amnesiac.bf16_threshold/1", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -154,6 +158,22 @@ def run(a) -> dict:
                    "target_row": target_row, "rows": rows, "machine": machine(), "versions": versions(),
                    "wall_s": round(time.time() - t0, 1)}
         write_json(OUT, summary)
+        return rows[-1]
+
+    t_fp = target_row["recall"]["fp"]["forget"]
+    for m in a.methods:  # in the order given: the most informative points first, so a cut-short run still answers
+        capped = []
+        for rho in a.rhos:
+            point(m, rho, "float32")
+            r = point(m, rho, "bfloat16")
+            if not r["stopped_early"] and r["recall"]["fp"]["forget"] < t_fp:
+                capped.append((rho, r["recall"]["fp"]["forget"]))
+        for rho in a.mixed_rhos:
+            point(m, rho, "bf16-mixed")
+        # matched control: a bf16 run that never reached the early stop is compared with float32 at the same lr
+        # stopped at the same full-precision forget recall (recovery depends on how far unlearning went)
+        for rho, f in capped:
+            point(m, rho, "float32", stop_at=round(f, 4))
     return summary
 
 
@@ -164,31 +184,49 @@ def plot(summary: dict) -> None:
     import matplotlib.pyplot as plt
 
     methods = sorted({r["method"] for r in summary["rows"]})
-    fig, axes = plt.subplots(1, len(methods), figsize=(6.5 * len(methods), 4.5), squeeze=False)
+    fig, axes = plt.subplots(2, len(methods), figsize=(6.5 * len(methods), 8), squeeze=False)
     style = {"float32": "-", "bfloat16": "--", "bf16-mixed": ":"}
+    shift = {"float32": 1.0, "bfloat16": 1.04, "bf16-mixed": 0.96}  # keep error bars apart
     colour = {"fp": "black", "8bit": "tab:blue", "4bit": "tab:red", "4bit_foreign": "tab:orange"}
-    for ax, m in zip(axes[0], methods):
+    for j, m in enumerate(methods):
+        ax, ax2 = axes[0][j], axes[1][j]
         for prec in ("float32", "bfloat16", "bf16-mixed"):
             rows = sorted((r for r in summary["rows"] if r["method"] == m and r["precision"] == prec),
                           key=lambda r: r["rho"])
             if not rows:
                 continue
+            x = [r["rho"] * shift[prec] for r in rows]
             for dep in ("fp", "8bit", "4bit", "4bit_foreign"):
-                x = [r["rho"] for r in rows]
                 y = [r["recall"][dep]["forget"] for r in rows]
                 lo = [y_ - r["recall"][dep]["forget_ci"][0] for y_, r in zip(y, rows)]
                 hi = [r["recall"][dep]["forget_ci"][1] - y_ for y_, r in zip(y, rows)]
                 ax.errorbar(x, y, yerr=[lo, hi], ls=style[prec], color=colour[dep], marker="o", ms=3, capsize=2,
                             label=f"{prec}, {dep}")
+            for dep in ("4bit", "4bit_foreign"):
+                g = [r["recall"][dep]["gain_vs_fp"] for r in rows]
+                ax2.errorbar(x, [d["diff"] for d in g], yerr=[[d["diff"] - d["low"] for d in g],
+                                                              [d["high"] - d["diff"] for d in g]],
+                             ls=style[prec], color=colour[dep], marker="o", ms=3, capsize=2, label=f"{prec}, {dep} − fp")
+        for r in (r for r in summary["rows"] if r["method"] == m and r["precision"].endswith("(matched)")):
+            for dep in ("fp", "4bit"):
+                ax.plot([r["rho"]], [r["recall"][dep]["forget"]], marker="x", ms=8, ls="none", color=colour[dep],
+                        label=f"float32 stopped at the bf16 run's recall, {dep}")
+            d = r["recall"]["4bit"]["gain_vs_fp"]
+            ax2.plot([r["rho"]], [d["diff"]], marker="x", ms=8, ls="none", color=colour["4bit"],
+                     label="float32 stopped at the bf16 run's recall, 4bit − fp")
         t = summary["target_row"]["recall"]["fp"]["forget"]
         ax.axhline(t, color="grey", lw=0.8)
-        ax.axvline(0.5, color="grey", lw=0.5, ls=":")
-        ax.set_xscale("log")
+        ax2.axhline(0, color="grey", lw=0.8)
+        for a_ in (ax, ax2):
+            a_.axvline(0.5, color="grey", lw=0.5, ls=":")
+            a_.set_xscale("log")
+            a_.set_xlabel("ρ = 256·lr / Δ (Δ: median 4-bit g64 step of the target)")
+            a_.legend(fontsize=6, ncol=2)
         ax.set_ylim(-0.02, 1.02)
-        ax.set_xlabel("ρ = 256·lr / Δ (Δ: median 4-bit g64 step)")
         ax.set_ylabel("forget recall (95% bootstrap CI)")
         ax.set_title(f"{m.upper()} on the tiny target (grey: target {t:.2f})")
-        ax.legend(fontsize=6, ncol=2)
+        ax2.set_ylabel("recovery: deployed − full-precision forget recall")
+        ax2.set_title("recovery, paired bootstrap 95% CI")
     fig.tight_layout()
     FIG.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(FIG, dpi=110)
@@ -197,8 +235,8 @@ def plot(summary: dict) -> None:
 
 def table(summary: dict) -> str:
     lines = ["| method | ρ | lr | precision | steps | forget fp | 8-bit | 4-bit (release) | 4-bit (foreign) | "
-             "4-bit − fp (CI) | changed | L1 in zero bin | rounded away/step |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "4-bit − fp (CI) | retain fp | changed | L1 in zero bin | rounded away/step |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def pct(x, nd):
         return "-" if x is None else f"{100 * x:.{nd}f}%"
@@ -212,7 +250,7 @@ def table(summary: dict) -> str:
         ra = (r.get("rounded_away") or {}).get("mean")
         lines.append(f"| {r['method']} | {r['rho']:g} | {r['lr']:.3g} | {r['precision']} | {r['steps']}"
                      f"{'' if r['stopped_early'] else ' (cap)'} | {ci(rc['fp'])} | {ci(rc['8bit'])} | {ci(rc['4bit'])} | "
-                     f"{ci(rc['4bit_foreign'])} | {g['diff']:+.2f} [{g['low']:+.2f}, {g['high']:+.2f}] | "
+                     f"{ci(rc['4bit_foreign'])} | {g['diff']:+.2f} [{g['low']:+.2f}, {g['high']:+.2f}] | {rc['fp']['retain']:.2f} | "
                      f"{100 * w['changed_fraction']:.1f}% | "
                      f"{pct(w['update_l1_in_zero_bin'], 0)} | {pct(ra, 1)} |")
     return "\n".join(lines)
