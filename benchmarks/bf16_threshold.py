@@ -63,6 +63,16 @@ def where(target, model, precision: str) -> dict:
     return out
 
 
+def excess_recovery(bf: dict, fp32: dict, dep: str, n_boot: int, seed: int) -> dict:
+    """Paired over forget items: (bf16 run's deployed − its fp recall) − (float32 run's deployed − its fp recall),
+    the recovery bf16 adds over a float32 run stopped at the same full-precision recall."""
+    from amnesiac.metrics.stats import paired_bootstrap_ci
+
+    d_bf = np.asarray(bf[dep]["forget_items"]) - np.asarray(bf["fp"]["forget_items"])
+    d_fp = np.asarray(fp32[dep]["forget_items"]) - np.asarray(fp32["fp"]["forget_items"])
+    return paired_bootstrap_ci(d_fp, d_bf, n_resamples=n_boot, seed=seed)
+
+
 def run(a) -> dict:
     from amnesiac.attacks.quant.spec import quantizer_from_name
     from amnesiac.data import load_qa_jsonl
@@ -105,7 +115,7 @@ def run(a) -> dict:
         for k, r in ev.items():
             f = np.asarray(r["forget"][metric], dtype=float)
             lo, hi = bootstrap_ci(f, seed=a.seed, n_resamples=a.n_boot)
-            out[k] = {"forget": float(f.mean()), "forget_ci": [lo, hi],
+            out[k] = {"forget": float(f.mean()), "forget_ci": [lo, hi], "forget_items": f.tolist(),
                       "retain": float(np.mean(r["retain"][metric]))}
         fp = np.asarray(ev["fp"]["forget"][metric], dtype=float)
         for k in ("8bit", "4bit", "4bit_foreign"):  # recovery: deployed − full precision, same items
@@ -173,7 +183,11 @@ def run(a) -> dict:
         # matched control: a bf16 run that never reached the early stop is compared with float32 at the same lr
         # stopped at the same full-precision forget recall (recovery depends on how far unlearning went)
         for rho, f in capped:
-            point(m, rho, "float32", stop_at=round(f, 4))
+            ctrl = point(m, rho, "float32", stop_at=round(f, 4))
+            bf = next(r for r in rows if r["method"] == m and r["rho"] == rho and r["precision"] == "bfloat16")
+            ctrl["bf16_minus_float32_recovery"] = {
+                dep: excess_recovery(bf["recall"], ctrl["recall"], dep, a.n_boot, a.seed) for dep in ("4bit", "4bit_foreign")}
+            write_json(OUT, summary)
     return summary
 
 
@@ -259,7 +273,7 @@ def table(summary: dict) -> str:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--methods", default="npo_klr")
-    ap.add_argument("--rhos", default="0.5,1,2,0.25,4,0.1")  # run order
+    ap.add_argument("--rhos", default="0.5,1,2,0.25,4")  # run order (0.1: add when time allows)
     ap.add_argument("--mixed-rhos", default="0.5,1")
     ap.add_argument("--max-steps", type=int, default=500)
     ap.add_argument("--max-retain", type=int, default=100)
