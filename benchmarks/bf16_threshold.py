@@ -14,6 +14,7 @@ Every unlearned model and every measurement is cached by content (amnesiac/runs.
 usage: AMNESIAC_HOME=… OMP_NUM_THREADS=1 nice -n 10 python benchmarks/bf16_threshold.py
            [--methods npo_klr,ga_gdr] [--rhos 0.5,1,2,0.25,4,0.1] [--mixed-rhos 0.5,1] [--max-steps 500]
        python benchmarks/bf16_threshold.py --plot-only   (figure + table from the JSON)
+       python benchmarks/bf16_threshold.py --cached-only (re-assemble the JSON from the runs done so far)
 """
 from __future__ import annotations
 
@@ -139,9 +140,11 @@ def run(a) -> dict:
         if prec != "float32":
             opts["precision"] = prec
         label = prec + (" (matched)" if stop_at is not None else "")
+        tag = f"{m}-rho{rho:g}-{prec}" + ("-matched" if stop_at is not None else "")
+        if a.cached_only and not list((root / "models").glob(f"{target_dir.name}-{tag}-*/unlearn.json")):
+            return None  # assemble what has been run, start nothing new
         s = time.time()
-        udir = cached_unlearn(target_dir, forget, retain_all, opts, root / "models",
-                              tag=f"{m}-rho{rho:g}-{prec}" + ("-matched" if stop_at is not None else ""),
+        udir = cached_unlearn(target_dir, forget, retain_all, opts, root / "models", tag=tag,
                               log=lambda msg: print(f"[bf16] {msg}", flush=True))
         info = read_json(udir / "unlearn.json")
         ev = measure_all(udir)
@@ -162,7 +165,7 @@ def run(a) -> dict:
               f"8b {r4['8bit']['forget']:.2f} 4b {r4['4bit']['forget']:.2f} 4b' {r4['4bit_foreign']['forget']:.2f}; "
               f"L1 in zero bin {wh['4bit']['update_l1_in_zero_bin']}", flush=True)
         summary = {"schema": "amnesiac.bf16_threshold/1", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                   "seed": a.seed, "config": {k: v for k, v in vars(a).items() if k != "plot_only"},
+                   "seed": a.seed, "config": {k: v for k, v in vars(a).items() if k not in ("plot_only", "cached_only")},
                    "target": str(target_dir), "delta_median_4bit_g64": delta, "rho": "256·lr/Δ",
                    "deployments": DEPLOY, "metric": metric, "n_forget": len(forget), "n_retain_eval": len(retain),
                    "target_row": target_row, "rows": rows, "machine": machine(), "versions": versions(),
@@ -176,7 +179,7 @@ def run(a) -> dict:
         for rho in a.rhos:
             point(m, rho, "float32")
             r = point(m, rho, "bfloat16")
-            if not r["stopped_early"] and r["recall"]["fp"]["forget"] < t_fp:
+            if r is not None and not r["stopped_early"] and r["recall"]["fp"]["forget"] < t_fp:
                 capped.append((rho, r["recall"]["fp"]["forget"]))
         for rho in a.mixed_rhos:
             point(m, rho, "bf16-mixed")
@@ -184,6 +187,8 @@ def run(a) -> dict:
         # stopped at the same full-precision forget recall (recovery depends on how far unlearning went)
         for rho, f in capped:
             ctrl = point(m, rho, "float32", stop_at=round(f, 4))
+            if ctrl is None:
+                continue
             bf = next(r for r in rows if r["method"] == m and r["rho"] == rho and r["precision"] == "bfloat16")
             ctrl["bf16_minus_float32_recovery"] = {
                 dep: excess_recovery(bf["recall"], ctrl["recall"], dep, a.n_boot, a.seed) for dep in ("4bit", "4bit_foreign")}
@@ -267,6 +272,14 @@ def table(summary: dict) -> str:
                      f"{ci(rc['4bit_foreign'])} | {g['diff']:+.2f} [{g['low']:+.2f}, {g['high']:+.2f}] | {rc['fp']['retain']:.2f} | "
                      f"{100 * w['changed_fraction']:.1f}% | "
                      f"{pct(w['update_l1_in_zero_bin'], 0)} | {pct(ra, 1)} |")
+    ex = [r for r in summary["rows"] if "bf16_minus_float32_recovery" in r]
+    if ex:
+        lines += ["", "| method | ρ | bf16 recovery − matched float32 recovery, 4-bit release (CI) | foreign 4-bit (CI) |",
+                  "|---|---|---|---|"]
+        for r in ex:
+            e = r["bf16_minus_float32_recovery"]
+            lines.append(f"| {r['method']} | {r['rho']:g} | " + " | ".join(
+                f"{e[d]['diff']:+.2f} [{e[d]['low']:+.2f}, {e[d]['high']:+.2f}]" for d in ("4bit", "4bit_foreign")) + " |")
     return "\n".join(lines)
 
 
@@ -280,6 +293,7 @@ def main():
     ap.add_argument("--n-boot", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--plot-only", action="store_true")
+    ap.add_argument("--cached-only", action="store_true", help="only the points already unlearned (no new runs)")
     a = ap.parse_args()
     a.methods = [m for m in a.methods.split(",") if m]
     a.rhos = [float(x) for x in a.rhos.split(",") if x]
