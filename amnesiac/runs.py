@@ -27,11 +27,33 @@ def items_key(items: Sequence) -> str:
     return hash_obj([it.to_json() if hasattr(it, "to_json") else it for it in items])
 
 
-def sweep_recipe(cfg, lr: float) -> dict:
+PRECISIONS = ("float32", "bfloat16", "bf16-mixed")  # UnlearnConfig.precision
+
+
+def check_precisions(names) -> None:
+    from .errors import UserError
+
+    bad = [p for p in names if p not in PRECISIONS]
+    if bad or not names:
+        raise UserError(f"unknown unlearning precision(s) {bad}; available: {', '.join(PRECISIONS)}")
+
+
+def reference_dtype(precision: str):
+    """The dtype to cast the target to before comparing it with a model unlearned at `precision`: a pure-bf16 run
+    starts from the bf16 cast of the target (the cast itself moves almost every weight)."""
+    import torch
+
+    return torch.bfloat16 if precision == "bfloat16" else None
+
+
+def sweep_recipe(cfg, lr: float, precision: str = "float32") -> dict:
     """unlearn() options of a sweep point: constant lr, a fixed step budget (no early stop), the config's method,
-    batch, seed, and its SURE percentile / quantization-aware formats when set (SweepConfig, OffsetSweepConfig)."""
+    batch, seed, and its SURE percentile / quantization-aware formats / precision when set (SweepConfig,
+    OffsetSweepConfig). float32 adds no key, so recipes (and cached runs) from before the precision axis match."""
     opts = dict(method=cfg.method, lr=lr, max_steps=cfg.max_steps, schedule="constant", batch_size=cfg.batch_size,
                 seed=cfg.seed)
+    if precision != "float32":
+        opts["precision"] = precision
     if cfg.sure_percentile is not None:
         opts["sure_percentile"] = cfg.sure_percentile
     if cfg.robust_to:

@@ -35,7 +35,7 @@ from .attacks.quant.spec import BIT_WIDTHS as BITS  # bit width -> deployment na
 from .errors import UserError
 from .io import content_key, hash_obj, read_json, versions, write_json
 from .data.prompt import PromptOptions
-from .runs import cached_measure, cached_unlearn, sweep_recipe
+from .runs import cached_measure, cached_unlearn, check_precisions, reference_dtype, sweep_recipe
 
 RELEASE_GRID = BITS[4]
 
@@ -46,6 +46,7 @@ class OffsetSweepConfig(PromptOptions):  # the prompt format (template, chat_tem
     lr: float = 1e-4
     offsets: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.2, 0.4])
     bits: list[int] = field(default_factory=lambda: [16, 8, 4])
+    precision: list[str] = field(default_factory=lambda: ["float32"])  # unlearning precisions: float32,bfloat16,bf16-mixed
     sure_percentile: float | None = None
     robust_to: str | None = None  # quantization-aware runs (docs/science.md §2b): e.g. "rtn4_g64"
     max_steps: int = 60
@@ -61,6 +62,7 @@ class OffsetSweepConfig(PromptOptions):  # the prompt format (template, chat_tem
             raise UserError(f"grid offsets must lie in [0, 0.5) steps (0.5 is a rounding tie); got {self.offsets}")
         if self.lr <= 0:
             raise UserError(f"the learning rate must be positive, got {self.lr}")
+        check_precisions(self.precision)
         if self.robust_to:
             from .attacks.quant.spec import parse_names
 
@@ -187,27 +189,30 @@ def _run_offset_sweep(target: str | Path, forget, retain, out: str | Path, cfg: 
     scoring = scoring_for(forget)
     q4 = release_quantizer()
     rows = []
-    for o in cfg.offsets:
+    for o, prec in [(o, p) for o in cfg.offsets for p in cfg.precision]:
         tdir = build_offset_target(target, o, cfg.seed, out, log)
-        opts = sweep_recipe(cfg, cfg.lr)
-        udir = cached_unlearn(tdir, forget, retain, opts, out / "models", tag=f"offset{o:g}",
+        opts = sweep_recipe(cfg, cfg.lr, prec)
+        udir = cached_unlearn(tdir, forget, retain, opts, out / "models",
+                              tag=f"offset{o:g}" + ("" if prec == "float32" else f"-{prec}"),
                               log=lambda m: log(f"[sweep] {m}"))
         ev_t = _recalls(tdir, forget, retain, cfg.bits, scoring, out / "cache", cfg.prompt_format())
         ev_u = _recalls(udir, forget, retain, cfg.bits, scoring, out / "cache", cfg.prompt_format())
-        cp = out / "cache" / f"collapse-{hash_obj([content_key(tdir), content_key(udir)])}.json"
+        cp = out / "cache" / f"collapse-{hash_obj([content_key(tdir), content_key(udir), 2])}.json"
         if not cp.exists():
             tmodel, _ = load_model(tdir, device="cpu")
             umodel, _ = load_model(udir, device="cpu")
-            d = collapse_diagnostics(tmodel, umodel, q4)["overall"]
-            write_json(cp, {k: d[k] for k in ("collapse_rate", "value_identical", "drift_kept", "mean_abs_dw_over_step")})
+            d = collapse_diagnostics(tmodel, umodel, q4, target_dtype=reference_dtype(prec))["overall"]
+            write_json(cp, {k: d[k] for k in ("collapse_rate", "value_identical", "drift_kept", "mean_abs_dw_over_step",
+                                              "changed_fraction", "changed_in_zero_bin", "update_l1_in_zero_bin")})
         col = read_json(cp)
         realised = read_json(tdir / "offset.json")["realised"]
         for b in cfg.bits:
             u, t = ev_u["bits"][str(b)], ev_t["bits"][str(b)]
-            rows.append({"offset": o, "bits": b, "metric": scoring.metric, "forget_recall": u["forget_recall"], "retain_recall": u["retain_recall"],
+            rows.append({"offset": o, "precision": prec, "bits": b, "metric": scoring.metric, "forget_recall": u["forget_recall"], "retain_recall": u["retain_recall"],
                          "target_forget_recall": t["forget_recall"], "target_retain_recall": t["retain_recall"],
                          "collapse_rate_4bit": col["collapse_rate"], "drift_kept_4bit": col["drift_kept"],
                          "mean_abs_dw_over_4bit_step": col["mean_abs_dw_over_step"],
+                         "update_l1_in_zero_bin_4bit": col.get("update_l1_in_zero_bin"),
                          "realised_offset_mean": realised["mean"], "realised_at_requested": realised["at_requested"],
                          "target": str(tdir), "model": str(udir)})
     summary = {"schema": "amnesiac.sweep_offset/2", "config": cfg.__dict__, "source_target": str(target),
@@ -227,19 +232,23 @@ def _plots(summary: dict, out: Path) -> None:
     name = {16: "full precision"}
     fseries: dict[str, list] = {"target, full precision": sorted({(r["offset"], r["target_forget_recall"])
                                                                   for r in rows if r["bits"] == 16})}
+    multi = len({r.get("precision", "float32") for r in rows}) > 1
+    cset: dict[str, set] = {}
     for r in rows:
         lab = name.get(r["bits"], f"{r['bits']}-bit" + (" (release grid)" if r["bits"] == 4 else ""))
-        fseries.setdefault(f"unlearned, {lab}", []).append((r["offset"], r["forget_recall"]))
-    coll = {"4-bit codes unchanged (unlearned vs target)": sorted({(r["offset"], r["collapse_rate_4bit"]) for r in rows})}
+        p = f"{r.get('precision', 'float32')}, " if multi else ""
+        fseries.setdefault(f"unlearned, {p}{lab}", []).append((r["offset"], r["forget_recall"]))
+        cset.setdefault(f"4-bit codes unchanged, {p}unlearned vs target", set()).add((r["offset"], r["collapse_rate_4bit"]))
+    coll = {k: sorted(v) for k, v in cset.items()}
     fig_f = plots.lines_by_x(fseries, "target's offset from the release grid (steps)", "forget recall",
                              f"{m} (lr {lr:g}): forget recall vs grid offset")
     fig_c = plots.lines_by_x(coll, "target's offset from the release grid (steps)", "collapse rate",
                              "codes unchanged at 4 bits", ylim=None)
     (out / "sweep_offset_forget.png").write_bytes(fig_f)
     (out / "sweep_offset_collapse.png").write_bytes(fig_c)
-    table = [["offset (requested / measured mean)", "bits", "forget recall (target → unlearned)",
+    table = [["offset (requested / measured mean)", "precision", "bits", "forget recall (target → unlearned)",
               "retain recall (target → unlearned)", "codes unchanged 4b", "drift kept 4b"]]
-    table += [[f"{r['offset']:g} / {r['realised_offset_mean']:.3f}", str(r["bits"]),
+    table += [[f"{r['offset']:g} / {r['realised_offset_mean']:.3f}", r.get("precision", "float32"), str(r["bits"]),
                f"{r['target_forget_recall']:.2f} → {r['forget_recall']:.2f}",
                f"{r['target_retain_recall']:.2f} → {r['retain_recall']:.2f}", f"{100 * r['collapse_rate_4bit']:.1f}%",
                "-" if r["drift_kept_4bit"] is None else f"{r['drift_kept_4bit']:.2f}"] for r in rows]

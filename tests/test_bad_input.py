@@ -226,6 +226,8 @@ CASES = [
     ("sweep --lr abc", ["sweep", "--target", "@model", "--lr", "abc", "--out", "@sw"], 2, "comma-separated numbers"),
     ("sweep --lr -1", ["sweep", "--target", "@model", "--lr", "-1", "--out", "@sw"], 2, "learning rates must be positive"),
     ("sweep --bits 5", ["sweep", "--target", "@model", "--bits", "5", "--out", "@sw"], 2, "unsupported bit widths"),
+    ("sweep --precision bf16", ["sweep", "--target", "@model", "--precision", "bf16", "--out", "@sw"], 2,
+     "available: float32, bfloat16, bf16-mixed"),
     ("demo --seed abc", ["demo", "--seed", "abc", "--out", "@dm"], 2, "--seed"),
     ("prepare --size huge", ["prepare", "--size", "huge"], 2, "unknown --size 'huge'"),
     ("ls bogus", ["ls", "bogus"], 2, "unknown kind 'bogus'"),

@@ -22,7 +22,7 @@ class QuantizeConfig:
     group: int | None = None  # group size along the input dim (32/64/128); default per channel (gptq/awq: 128; 0 = per channel)
     scheme: str | None = None  # sym | asym (default: sym; asym for awq)
     backend: str = "rtn"  # rtn | quanto | hqq | torchao | bnb | gguf | gptq | awq
-    kind: str | None = None  # bnb: nf4 | fp4 | int8; gguf: q4_0 | q4_1 | q5_0 | q5_1 | q8_0
+    kind: str | None = None  # bnb: nf4 | fp4 | int8; gguf: q4_0 | q4_1 | q5_0 | q5_1 | q8_0 | q4_k | q5_k | q6_k | q4_k_m | …
     embeddings: bool = False  # also quantize input embeddings
     lm_head: bool = False  # also quantize the LM head
     calib: str | None = None  # gptq/awq: calibration data, e.g. bios:retain90 (QA items: question+answer)

@@ -29,13 +29,13 @@ def sweep_cmd(target: Optional[Path] = typer.Option(None, help="model to unlearn
     s, out = sweep(options, target, forget, retain, out, scenario=scenario, log=c.print)
     if options.grid_offset is not None:
         for r in s["rows"]:
-            c.print(f"offset {r['offset']:g} (measured mean {r['realised_offset_mean']:.3f})  {r['bits']:>2}-bit  "
+            c.print(f"offset {r['offset']:g} (measured mean {r['realised_offset_mean']:.3f}) {r['precision']}  {r['bits']:>2}-bit  "
                     f"forget {r['target_forget_recall']:.2f} → {r['forget_recall']:.2f}  retain {r['retain_recall']:.2f}  "
                     f"codes unchanged@4b {100 * r['collapse_rate_4bit']:.1f}%")
         c.print(f"wrote {out}/summary.json, {out}/sweep_offset.md/.html, {out}/sweep_offset_forget.png ({s['wall_s']} s)")
         return
     for r in s["rows"]:
-        c.print(f"lr {r['lr']:g}  {r['bits']:>2}-bit  forget {r['forget_recall']:.2f}  retain {r['retain_recall']:.2f}  "
+        c.print(f"lr {r['lr']:g} {r['precision']}  {r['bits']:>2}-bit  forget {r['forget_recall']:.2f}  retain {r['retain_recall']:.2f}  "
                 f"codes unchanged@4b {100 * r['collapse_rate_4bit']:.1f}%")
     c.print(f"wrote {out}/summary.json, {out}/sweep.md, {out}/sweep.html, {out}/sweep_lr_forget.png ({s['wall_s']} s)")
 

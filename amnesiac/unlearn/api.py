@@ -335,6 +335,7 @@ def _finish(plan: _Plan, run: _Run, res: dict) -> UnlearnResult:
                        "monitor": res["monitor"]} if cfg.early_stop_recall is not None else None,
         "resumed_from_step": res["resumed_from"], "sure_mask": run.sure_stats,
         "drift": drift, "weights_unchanged": drift["fraction_changed"] == 0, "warnings": notes,
+        "rounded_away": res["rounded_away"],
         "robust": robust.describe() if robust is not None else None,
         "train_wall_s": res["train_wall_s"], "wall_s": time.time() - run.t_start, "memory": peak_memory(run.dev),
         "versions": versions(), "losses": res["log"],

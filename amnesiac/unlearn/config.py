@@ -63,6 +63,7 @@ class UnlearnConfig(PromptOptions):
     early_stop_every: int = 10  # evaluate the early-stop monitor every k steps
     monitor_size: int = 32  # forget items in the early-stop monitor
     log_every: int = 1  # write a log.jsonl record every k steps
+    track_rounding: bool | None = None  # log per step the share of updates rounded away (None: if ≤ 300M trained values)
     progress: bool = True  # progress bar
     # multi-process runs (distributed.py): batch_size is the global micro-batch there
     optimizer: str = "adamw"  # adamw | adamw8bit (bitsandbytes 8-bit states; runs on CPU and CUDA)
@@ -70,7 +71,7 @@ class UnlearnConfig(PromptOptions):
 
     # fields that do not change the trained weights (may differ on resume)
     _NON_TRAINING = ("checkpoint_every", "keep_checkpoint", "log_every", "progress", "reference", "ref_max_gb",
-                     "strategy")  # strategy: same weights to float rounding, so a checkpoint resumes across it
+                     "strategy", "track_rounding")  # strategy: same weights to float rounding, so a checkpoint resumes across it
 
     def __post_init__(self) -> None:
         """Every option checked before any work: a bad value raises UnlearnError naming it."""

@@ -214,6 +214,10 @@ def train(ctx: Ctx, method: Method, reg: Regularizer, params: dict[str, torch.nn
         else:
             threshold = cfg.early_stop_recall
 
+    # the share of weights whose computed update the step did not apply (bf16: |u| < ulp(w)/2, docs/science.md
+    # §1c); costs one copy of the trained weights per step, so by default only for ≤ TRACK_MAX trained values
+    track = cfg.track_rounding if cfg.track_rounding is not None else sum(p.numel() for p in plist) <= TRACK_MAX
+    rounded: list[float] = list(state.get("rounded_away", []))
     model.train()
     t0 = time.time() - state["elapsed"]
     stopped_early = False
@@ -257,12 +261,18 @@ def train(ctx: Ctx, method: Method, reg: Regularizer, params: dict[str, torch.nn
             raise UnlearnDiverged(_diverged_msg(step, {"grad_norm": float(gn)}, ckpt))
         if sure_masks is not None:
             sure_mod.masked_weight_decay(params, sure_masks, lr, wd_map)
+        before = [q.detach().clone() for q in plist] if track else None
         opt.step()
+        if before is not None:
+            away = _rounded_away(opt, plist, before)
+            if away is not None:
+                rounded.append(away)
         if not _weights_finite(plist):  # lr inf / huge: the loss of the *next* step would be the first to see it
             raise UnlearnDiverged(_diverged_msg(step, {}, ckpt, "weights"))
 
         rec = {"step": step + 1, "lr": lr, "grad_norm": _sig(float(gn)),
                **{k: _sig(v) for k, v in parts.items() if k == "loss" or k in terms},
+               **({"rounded_away": _sig(rounded[-1])} if before is not None and rounded else {}),
                "t": round(time.time() - t0, 3)}
         if threshold is not None and (step + 1) % cfg.early_stop_every == 0:
             r = monitor()
@@ -281,7 +291,7 @@ def train(ctx: Ctx, method: Method, reg: Regularizer, params: dict[str, torch.nn
             full, full_opt = ddp.full_state(params, opt)  # FSDP all-gathers (every rank), else as is
             if ddp.is_main:
                 save_checkpoint(ckpt, full, full_opt, {**state, "step": step + 1, "log": log, "monitor": mon_log,
-                                                       "elapsed": time.time() - t0})
+                                                       "elapsed": time.time() - t0, "rounded_away": rounded})
         for cb in callbacks:
             cb(rec)
         if stopped_early:
@@ -291,7 +301,35 @@ def train(ctx: Ctx, method: Method, reg: Regularizer, params: dict[str, torch.nn
     return {"log": log, "steps": (step + 1) if total > start else start, "total_steps": total,
             "stopped_early": stopped_early, "early_stop_threshold": threshold, "monitor": mon_log,
             "monitor_start": state.get("monitor_start"), "resumed_from": resumed_from,
-            "train_wall_s": time.time() - t0}
+            "train_wall_s": time.time() - t0, "rounded_away": _rounding_summary(rounded)}
+
+
+TRACK_MAX = 300_000_000  # trained values up to which the rounded-away share is tracked by default
+
+
+@torch.no_grad()
+def _rounded_away(opt, plist, before) -> float | None:
+    """Share of trained weights with a non-zero AdamW update (first moment m ≠ 0 after the step) whose value the
+    step left unchanged: the update was below half a unit in the last place of the weight's dtype and rounded
+    away. None when the optimizer keeps no first moment (8-bit states)."""
+    n_upd, n_away = 0, 0
+    for p, b in zip(plist, before):
+        m = opt.state.get(p, {}).get("exp_avg")
+        if m is None or m.shape != p.shape:
+            return None
+        upd = m != 0
+        n_upd += int(upd.sum())
+        n_away += int((upd & (p == b)).sum())
+    return n_away / n_upd if n_upd else 0.0
+
+
+def _rounding_summary(rounded: list[float]) -> dict | None:
+    """Per-step shares of rounded-away updates → mean, first, last, and the share of steps where at least half
+    of the updates rounded away."""
+    if not rounded:
+        return None
+    return {"mean": _sig(sum(rounded) / len(rounded)), "first": _sig(rounded[0]), "last": _sig(rounded[-1]),
+            "steps_majority_away": _sig(sum(r >= 0.5 for r in rounded) / len(rounded)), "steps": len(rounded)}
 
 
 def _sig(x: float) -> float:
