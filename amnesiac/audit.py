@@ -198,6 +198,7 @@ class Audit:
     def _run(self) -> dict:
         import torch
 
+        from .attacks.base import resolve_attack
         from .measure import scoring_for
         from .metrics.recovery import Judged, judge
 
@@ -245,8 +246,9 @@ class Audit:
                         continue
                 if loaded is None:
                     loaded = self._load(path)
-                    originals = self._originals(loaded[0], path)
                 model, tok = loaded
+                if originals is None and resolve_attack(a)[1].modifies(a):  # built once, when first needed
+                    originals = self._originals(model, path)
                 s = time.time()
                 r = self._one(model, tok, a, retain, scoring, originals)
                 costs[f"{m}/{a}"] = {"wall_s": round(time.time() - s, 3)}
