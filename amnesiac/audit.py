@@ -9,7 +9,10 @@ attack FAILs the unlearning when U under it exceeds R under the same attack and 
 level, by ≥ margin, Holm-corrected over all attacks; INCONCLUSIVE when T does not show the knowledge
 measurably above R. Without R the floor is U's own full-precision level. Results are cached per
 (model content, attack, data, settings) under OUT/cache: a killed audit resumes, a model re-written at the
-same path is measured again. Exactly one model is in memory at a time.
+same path is measured again. Exactly one model is in memory at a time: every attack is a registered attack
+(attacks/base.py `attacked`), and those that change weights (quantization, relearning) change the resident
+model itself and put its original tensors back afterwards, read one at a time from its saved safetensors
+(attacks/restore.py), so no attack holds a second copy.
 """
 from __future__ import annotations
 
@@ -37,9 +40,6 @@ SUITES = {
     "full": ["fp", "rtn8", "rtn4_g64", "rtn4_g128_asym", "rtn3_g64", "rtn2_g64", "gptq4_g128", "gptq8_g128",
              "awq4_g128", "hqq4", "quanto4", "quanto8", "torchao4", "bnb_nf4", "paraphrase", "icl_forget", "icl_same_person", "step_by_step", "cloze", "relearn"],
 }
-PROMPT_ATTACKS = {"paraphrase", "icl_forget", "icl_same_person", "step_by_step", "cloze"}
-
-
 
 
 @dataclass
@@ -99,28 +99,32 @@ class AuditConfig(PromptOptions):
         self.attack_list()
 
     def attack_list(self) -> list[str]:
-        names = [n.strip().lower() for n in (self.attacks if self.attacks else SUITES[self.suite]) if n.strip()]
-        unknown = [n for n in names if not is_quantizer(n) and n not in PROMPT_ATTACKS and n not in ("fp", "relearn")]
-        if unknown:
-            from .attacks.quant.spec import NAMED
+        """The attacks to run, each claimed by a registered attack (attacks.base.resolve_attack)."""
+        from .attacks.base import audit_vocabulary, resolve_attack
 
-            raise UserError(f"unknown attack(s) {unknown}; available: fp, relearn, {', '.join(sorted(NAMED))}, "
-                             f"{', '.join(sorted(PROMPT_ATTACKS))}, GGUF kinds and RTN specs (amnesiac ls attacks)")
+        names = [n.strip().lower() for n in (self.attacks if self.attacks else SUITES[self.suite]) if n.strip()]
+        unknown = []
+        for n in names:
+            try:
+                resolve_attack(n)
+            except KeyError:
+                unknown.append(n)
+        if unknown:
+            raise UserError(f"unknown attack(s) {unknown}; available: {', '.join(audit_vocabulary())}")
         if not names:
             raise UserError("no attacks given")
         return list(dict.fromkeys(names))
 
 
 def available_attacks(names: list[str]) -> tuple[list[str], dict[str, str]]:
-    """Drop quantization backends that are not installed; say why."""
-    from .attacks.quant.backends import INSTALL, available
-    from .attacks.quant.spec import quantizer_config
+    """Drop attacks that cannot run here (a quantization backend not installed); say why."""
+    from .attacks.base import resolve_attack
 
     keep, skipped = [], {}
     for n in names:
-        b = quantizer_config(n)["backend"] if is_quantizer(n) else None
-        if b and b != "rtn" and not available(b):
-            skipped[n] = f"backend {b!r} not installed: {INSTALL[b][1]}"
+        why = resolve_attack(n)[1].unavailable(n)
+        if why:
+            skipped[n] = why
         else:
             keep.append(n)
     return keep, skipped
@@ -139,15 +143,14 @@ def knowledge_at(model, tok, forget: list[QAItem], retain: list[QAItem], deploym
     """measure() of `model` deployed as `deployment` (a quantizer name or "fp") in prompt format `fmt`: per-item
     scores of the forget and retain sets (flat keys forget_<metric> / retain_<metric>, forget_outputs)."""
     from .attacks.quant.calib import calib_texts_from_items
-    from .attacks.quant.deploy import deploy
+    from .attacks.quant.deploy import deployed
     from .data.prompt import bind
     from .measure import measure, scoring_for
 
     scoring = scoring or scoring_for(forget)
     b = bind(fmt, tok)
-    r = measure(deploy(model, tok, deployment, calib_texts_from_items(retain, b))[0], tok,
-                {"forget": forget, "retain": retain}, scoring, batch_size=batch_size, fmt=b)
-    return flatten(r)
+    with deployed(model, tok, deployment, calib_texts_from_items(retain, b)) as (m, _):
+        return flatten(measure(m, tok, {"forget": forget, "retain": retain}, scoring, batch_size=batch_size, fmt=b))
 
 
 def flatten(r: dict[str, dict[str, list]]) -> dict[str, list]:
@@ -155,15 +158,6 @@ def flatten(r: dict[str, dict[str, list]]) -> dict[str, list]:
     if "outputs" in r.get("forget", {}):
         out["forget_outputs"] = r["forget"]["outputs"]
     return out
-
-
-def _prompt_variant(name: str, forget: list[QAItem], retain: list[QAItem], seed: int, fmt) -> list[str]:
-    """One prompt per forget item for a prompt attack in bound format `fmt` (the first variant; items without
-    one keep the question)."""
-    from .attacks.prompts import build_prompts
-
-    variants = build_prompts(name, forget, pool=forget, k=3, seed=seed, fmt=fmt)
-    return [v[0] if v else fmt.item_prompt(it) for v, it in zip(variants, forget)]
 
 
 # ----------------------------------------------------------------------------- the audit
@@ -233,6 +227,7 @@ class Audit:
     def _run(self) -> dict:
         import torch
 
+        from .attacks.base import resolve_attack
         from .measure import scoring_for
         from .metrics.recovery import Judged, judge
 
@@ -269,7 +264,7 @@ class Audit:
 
         bar = tqdm(total=len(models) * len(attacks), desc="audit")
         for m, path in models.items():
-            loaded = None
+            loaded = originals = None
             for a in attacks:
                 cp = self._cache(m, a)
                 key = hash_obj([keys[m], data_key, a])
@@ -282,13 +277,17 @@ class Audit:
                 if loaded is None:
                     loaded = self._load(path)
                 model, tok = loaded
+                if originals is None and resolve_attack(a)[1].modifies(a):  # built once, when first needed
+                    originals = self._originals(model, path)
                 s = time.time()
-                r = self._one(model, tok, a, retain, scoring)
+                r = self._one(model, tok, a, retain, scoring, originals)
                 costs[f"{m}/{a}"] = {"wall_s": round(time.time() - s, 3)}
                 res[m][a] = r
                 write_json(cp, {"key": key, "result": r, "cost": costs[f"{m}/{a}"], "model_key": keys[m]})
                 bar.update(1)
-            del loaded  # one model resident at a time
+            if originals is not None:
+                originals.close()
+            del loaded, originals  # one model resident at a time
             gc.collect()
         bar.close()
         metric = scoring.metric
@@ -385,39 +384,42 @@ class Audit:
         write_json(cp, {"key": key, "floor": floor})
         return floor
 
-    def _one(self, model, tok, attack: str, retain, scoring) -> dict:
+    def _originals(self, model, path):
+        """Where weight attacks read the model's original tensors back from: its safetensors when they are
+        the loaded weights (checked tensor by tensor), else a spill file (attacks/restore.py)."""
+        from .attacks.restore import Originals
+        from .models.resolve import weights_dir
+
+        return Originals(model, weights_dir(path), spill_dir=self.out / "cache")
+
+    def _one(self, model, tok, attack: str, retain, scoring, originals=None) -> dict:
+        """One registered attack on the resident model (in place, restored on exit), measured."""
+        from .attacks.base import AttackContext, attacked
         from .attacks.quant.calib import calib_texts_from_items
-        from .attacks.quant.deploy import deploy
         from .measure import measure
 
         cfg = self.config
-        sets = {"forget": self.forget, "retain": retain}
         b = self._bind(tok)  # every attack prompts, trains and measures in the audit's one format
-        if attack == "fp" or is_quantizer(attack):
-            # calibrated quantizers (GPTQ, AWQ) calibrate on the retain set: what a releaser would have at hand
-            m = deploy(model, tok, attack, calib_texts_from_items(self.retain, b), seed=cfg.seed)[0]
-            return {**flatten(measure(m, tok, sets, scoring, batch_size=cfg.batch_size, fmt=b)), **self._utility(m, tok)}
-        if attack in PROMPT_ATTACKS:
-            from .attacks.prompts import STOPS
-
-            r = measure(model, tok, {"forget": self.forget}, scoring, batch_size=cfg.batch_size,
-                        prompts={"forget": _prompt_variant(attack, self.forget, retain, cfg.seed, b)},
-                        stop_strings={"forget": STOPS.get(attack, ("\n",))},
-                        fmt=None if attack == "cloze" else b)  # a cloze statement is continued after a space
-            return flatten(r)
-        if attack == "relearn":
-            from .attacks.relearn import relearn_attack, split_forget
-
-            r = relearn_attack(model, tok, forget=self.forget, fraction=0.5, steps=cfg.relearn_steps,
-                               lr=cfg.relearn_lr, seed=cfg.seed, evaluate=False, fmt=b)
-            _, held = split_forget(list(self.forget), 0.5, "item", cfg.seed)
-            hq = {it.question for it in held}
-            sel = [i for i, it in enumerate(self.forget) if it.question in hq]
-            k = flatten(measure(r.model, tok, {"forget": [self.forget[i] for i in sel], "retain": retain}, scoring,
-                                batch_size=cfg.batch_size, fmt=b))
-            k["item_index"] = sel
-            return {**k, **self._utility(r.model, tok)}
-        raise ValueError(f"unknown attack {attack!r}")
+        # calibrated quantizers (GPTQ, AWQ) calibrate on the retain set: what a releaser would have at hand
+        ctx = AttackContext(forget=list(self.forget), retain=retain, calib_texts=calib_texts_from_items(self.retain, b),
+                            seed=cfg.seed, settings={"relearn_steps": cfg.relearn_steps, "relearn_lr": cfg.relearn_lr},
+                            originals=originals, fmt=b)
+        with attacked(attack, model, tok, ctx) as res:
+            m = res.model if res.model is not None else model
+            forget = self.forget if res.items is None else [self.forget[i] for i in res.items]
+            sets = {"forget": forget, **({"retain": retain} if res.measure_retain else {})}
+            kw = {}
+            if res.prompts is not None:
+                kw["prompts"] = {"forget": res.prompts}
+            if res.stop_strings is not None:
+                kw["stop_strings"] = {"forget": res.stop_strings}
+            # a cloze statement is continued after a space, outside any QA format
+            r = flatten(measure(m, tok, sets, scoring, batch_size=cfg.batch_size, fmt=None if attack == "cloze" else b, **kw))
+            if res.items is not None:
+                r["item_index"] = list(res.items)
+            if res.model is not None:
+                r.update(self._utility(m, tok))
+            return r
 
     def _collapse(self, attacks, models) -> dict:
         """Collapse diagnostics (target vs unlearned, RTN quantizers): codes unchanged, drift kept. Cached by content."""

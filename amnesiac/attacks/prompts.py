@@ -34,7 +34,7 @@ from ..data.schema import QAItem
 from ..metrics.base import MetricResult, mean
 from ..metrics.text import exact_match
 from ..registry import register
-from .base import AttackResult, measure_cost
+from .base import AttackResult, auditable, measure_cost
 
 TRANSFORMS: dict[str, Callable] = {}
 STOPS: dict[str, tuple[str, ...]] = {}  # stop strings to generate with, per transform (cloze also stops at ". ")
@@ -157,3 +157,31 @@ def prompt_attack(model, tok, items=None, transforms: list[str] | str = "all", p
             res[n] = prompt_recall(model, tok, items, n, pool, k, seed, max_new_tokens, batch_size, b).to_json()
     return AttackResult(None, {"attack": "prompts", "config": {"transforms": names, "k": k, "seed": seed},
                                "prompt_format": b.record(), "cost": cost, "results": res})
+
+
+# "question" is the unattacked prompt (the fp row) and "icl_retain" a benign control: neither is an attack
+_NOT_ATTACKS = ("question", "icl_retain")
+
+
+def _prompt_names() -> list[str]:
+    return [n for n in TRANSFORMS if n not in _NOT_ATTACKS]
+
+
+@register("attacks", "prompt_variant")
+@auditable(lambda name: name in _prompt_names(),
+           lambda name, ctx: {"items": ctx.forget, "transform": name, "seed": ctx.seed, "fmt": ctx.fmt},
+           modifies=False, vocabulary=_prompt_names)
+def prompt_variant_attack(model, tok=None, items=None, transform: str = "paraphrase", k: int = 3,
+                          seed: int = 0, fmt=None) -> AttackResult:
+    """One rewritten prompt per forget item (the first of `k` variants; an item the transform cannot phrase
+    keeps its question), for the caller to measure: the audit's prompt attacks. fmt: the prompt format."""
+    if not items:
+        raise ValueError("prompt_variant needs items=<forget-set QAItems>")
+    b = bind(fmt, tok)
+    variants = build_prompts(transform, items, pool=items, k=k, seed=seed, fmt=b)
+    name = ALIASES.get(transform, transform)
+    prompts = [v[0] if v else b.item_prompt(it) for v, it in zip(variants, items)]
+    return AttackResult(None, {"attack": "prompt_variant", "config": {"transform": name, "k": k, "seed": seed},
+                               "n_rewritten": sum(1 for v in variants if v),
+                                "prompt_format": b.record()},
+                        prompts=prompts, stop_strings=STOPS[name], measure_retain=False)

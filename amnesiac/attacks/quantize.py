@@ -1,11 +1,13 @@
 """The quantization attacks as registered attacks: model in, quantized copy out, with config and cost.
-`quantize`: per-weight quantizers (RTN, backends); `gptq` and `awq`: calibrated (quant.deploy)."""
+`quantize`: per-weight quantizers (RTN, backends); `gptq` and `awq`: calibrated (quant.deploy); `deploy`:
+any quantizer by vocabulary name ("rtn4_g64", "gptq4_g128", "q4_k_m", "fp"), the form the audit calls.
+With `originals=` (restore.Originals) the model itself is quantized (no copy) and the caller restores it."""
 from __future__ import annotations
 
 import copy
 
 from ..registry import register
-from .base import AttackResult, measure_cost
+from .base import AttackResult, auditable, measure_cost
 from .quant import get_quantizer, quantize_model
 
 
@@ -22,12 +24,14 @@ def _lib_version(backend: str) -> str | None:
 @register("attacks", "quantize")
 def quantize_attack(model, tok=None, backend: str = "rtn", bits: int = 4, group: int | None = None,
                     scheme: str = "sym", kind: str | None = None, embeddings: bool = False, lm_head: bool = False,
-                    native: bool = False, include: str | None = None, exclude: str | None = None) -> AttackResult:
+                    native: bool = False, include: str | None = None, exclude: str | None = None,
+                    originals=None) -> AttackResult:
     """Weight quantization (RTN or a real backend): returns the deployed model (docs/science.md §3).
 
     native=False (default): a plain model whose weights are the backend's dequantized weights, exact
     for weight-only quantization and fast everywhere. native=True: the library's own low-bit modules
-    and kernels (Linear layers only; embeddings / LM head stay full precision)."""
+    and kernels (Linear layers only; embeddings / LM head stay full precision). native=True always works on a
+    copy: the library swaps modules, which restoring weights would not undo."""
     q = get_quantizer(backend, bits, group, scheme, kind=kind)
     cfg = {**q.config(), "name": q.name, "embeddings": embeddings, "lm_head": lm_head, "native": native,
            "include": include, "exclude": exclude, "library_version": _lib_version(backend)}
@@ -35,19 +39,20 @@ def quantize_attack(model, tok=None, backend: str = "rtn", bits: int = 4, group:
         if native and backend != "rtn":
             out, info = q.native(copy.deepcopy(model)), {"mode": "native"}
         else:
-            out, info = quantize_model(model, q, embeddings=embeddings, lm_head=lm_head, include=include, exclude=exclude)
+            out, info = quantize_model(model, q, inplace=originals is not None, embeddings=embeddings, lm_head=lm_head,
+                                       include=include, exclude=exclude)
             info = {"mode": "dequantized", "n_tensors": info["n_tensors"], "n_weights": info["n_weights"]}
     out.eval()
     return AttackResult(out, {"attack": "quantize", "config": cfg, "cost": cost, **info})
 
 
 def _calibrated(method: str, model, tok, calib_texts, name: str, n_calib: int, max_len: int, seed: int,
-                options: dict | None, include: str | None, exclude: str | None) -> AttackResult:
+                options: dict | None, include: str | None, exclude: str | None, originals=None) -> AttackResult:
     from .quant.deploy import deploy, json_info
 
     with measure_cost() as cost:
         out, info = deploy(model, tok, name, calib_texts, n_calib=n_calib, max_len=max_len, seed=seed,
-                           options=options, include=include, exclude=exclude)
+                           options=options, include=include, exclude=exclude, inplace=originals is not None)
     rec = json_info(info)
     cfg = {**rec.pop("config"), "name": rec.pop("name"), "include": include, "exclude": exclude,
            "calib": rec.pop("calib"), "options": rec.pop("options"), "library_version": None}
@@ -64,16 +69,54 @@ def calibrated_name(method: str, bits: int, group: int | None, scheme: str | Non
 @register("attacks", "gptq")
 def gptq_attack(model, tok=None, calib_texts: list[str] | None = None, bits: int = 4, group: int | None = 128,
                 scheme: str = "sym", act_order: bool = False, damp: float = 0.01, n_calib: int = 128,
-                max_len: int = 512, seed: int = 0, include: str | None = None, exclude: str | None = None) -> AttackResult:
+                max_len: int = 512, seed: int = 0, include: str | None = None, exclude: str | None = None,
+                originals=None) -> AttackResult:
     """GPTQ (Frantar et al. 2022) with calibration texts: returns the deployed model (dequantized weights)."""
     return _calibrated("gptq", model, tok, calib_texts, calibrated_name("gptq", bits, group, scheme, act_order),
-                       n_calib, max_len, seed, {"damp": damp}, include, exclude)
+                       n_calib, max_len, seed, {"damp": damp}, include, exclude, originals)
 
 
 @register("attacks", "awq")
 def awq_attack(model, tok=None, calib_texts: list[str] | None = None, bits: int = 4, group: int | None = 128,
                scheme: str = "asym", clip: bool = True, duo: bool = False, n_calib: int = 128, max_len: int = 512,
-               seed: int = 0) -> AttackResult:
+               seed: int = 0, originals=None) -> AttackResult:
     """AWQ (Lin et al. 2024) with calibration texts: activation-aware scales folded, then group RTN."""
     return _calibrated("awq", model, tok, calib_texts, calibrated_name("awq", bits, group, scheme, not clip),
-                       n_calib, max_len, seed, {"duo": duo}, None, None)
+                       n_calib, max_len, seed, {"duo": duo}, None, None, originals)
+
+
+def _is_deployment(name: str) -> bool:
+    from .quant.spec import is_quantizer
+
+    return name == "fp" or is_quantizer(name)
+
+
+def _missing_backend(name: str) -> str | None:
+    from .quant.backends import INSTALL, available
+    from .quant.spec import quantizer_config
+
+    if name == "fp":
+        return None
+    b = quantizer_config(name)["backend"]
+    return None if b == "rtn" or available(b) else f"backend {b!r} not installed: {INSTALL[b][1]}"
+
+
+def _vocabulary() -> list[str]:
+    from .quant.spec import NAMED
+
+    return ["fp", *sorted(NAMED), "GGUF kinds and RTN specs (amnesiac ls attacks)"]
+
+
+@register("attacks", "deploy")
+@auditable(_is_deployment, lambda name, ctx: {"name": name, "calib_texts": ctx.calib_texts, "seed": ctx.seed},
+           modifies=lambda name: name != "fp", vocabulary=_vocabulary, unavailable=_missing_backend)
+def deploy_attack(model, tok=None, name: str = "fp", calib_texts: list[str] | None = None, seed: int = 0,
+                  originals=None, **select) -> AttackResult:
+    """Any quantizer by vocabulary name (RTN specs, GGUF kinds, backends, gptq*/awq*; "fp": unchanged)."""
+    from .quant.deploy import deploy, json_info
+
+    with measure_cost() as cost:
+        out, info = deploy(model, tok, name, calib_texts, seed=seed, inplace=originals is not None, **select)
+    rec = json_info(info)
+    return AttackResult(out, {"attack": "deploy", "config": {"name": rec.pop("name"), "config": rec.pop("config")},
+                              "cost": cost, "mode": rec.get("mode"), "n_tensors": rec.get("n_tensors")})

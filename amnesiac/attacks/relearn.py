@@ -20,7 +20,7 @@ from ..errors import UserError, check_choice, check_number
 from ..metrics.qa import exact_match_recall
 from ..models.train import train_lm
 from ..registry import register
-from .base import AttackResult, measure_cost
+from .base import AttackResult, auditable, measure_cost
 
 
 def split_forget(items: list[QAItem], fraction: float = 0.5, by: str = "item", seed: int = 0):
@@ -56,9 +56,10 @@ def text_examples(tok, texts: list[str]) -> list[tuple[list[int], int]]:
 
 
 def finetune(model, tok, examples, steps: int = 20, lr: float = 1e-4, batch_size: int = 8, seed: int = 0,
-             schedule: str = "constant", warmup: int = 0):
-    """A fine-tuned copy after exactly `steps` optimizer steps (models.train.train_lm). Returns (model, log)."""
-    m = copy.deepcopy(model)
+             schedule: str = "constant", warmup: int = 0, inplace: bool = False):
+    """A fine-tuned copy (inplace=True: `model` itself) after exactly `steps` optimizer steps
+    (models.train.train_lm). Returns (model, log)."""
+    m = model if inplace else copy.deepcopy(model)
     for p in m.parameters():  # a released / unlearned model may come with frozen parameters
         p.requires_grad_(True)
     n_batches = -(-len(examples) // batch_size)
@@ -70,11 +71,20 @@ def finetune(model, tok, examples, steps: int = 20, lr: float = 1e-4, batch_size
 
 
 @torch.no_grad()
-def _weight_change(a, b) -> dict:
+def _weight_change(a, b=None, originals=None) -> dict:
+    """‖a − b‖₂ over all parameters, and relative to ‖b‖₂; b's tensors are read from `originals` one at a
+    time when a was trained in place."""
     num = den = 0.0
-    for (_, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
-        num += float((p.detach().double() - q.detach().double()).pow(2).sum())
-        den += float(q.detach().double().pow(2).sum())
+    if originals is not None:
+        from .restore import model_tensors
+
+        pairs = ((p, originals.get(n)) for n, p in model_tensors(a).items() if isinstance(p, torch.nn.Parameter))
+    else:
+        pairs = ((p, q) for (_, p), (_, q) in zip(a.named_parameters(), b.named_parameters()))
+    for p, q in pairs:
+        p, q = p.detach().double(), q.detach().to(p.device).double()
+        num += float((p - q).pow(2).sum())
+        den += float(q.pow(2).sum())
     return {"l2": num ** 0.5, "relative_l2": (num / den) ** 0.5 if den else None}
 
 
@@ -99,12 +109,21 @@ def check_forget_items(forget) -> None:
         raise UserError(f"relearn needs at least 2 forget items (one to train on, one held out), got {len(forget)}")
 
 
+def _audit_args(name: str, ctx) -> dict:
+    return {"forget": ctx.forget, "fraction": 0.5, "steps": ctx.settings.get("relearn_steps", 20),
+            "lr": ctx.settings.get("relearn_lr", 1e-3), "seed": ctx.seed, "evaluate": False, "fmt": ctx.fmt}
+
+
 @register("attacks", "relearn")
+@auditable(lambda name: name == "relearn", _audit_args, vocabulary=lambda: ["relearn"])
 def relearn_attack(model, tok, forget=None, fraction: float = 0.5, steps: int = 20, lr: float = 1e-4,
                    batch_size: int = 8, by: str = "item", control: str | None = None, retain=None,
-                   texts: list[str] | None = None, seed: int = 0, evaluate: bool = True, fmt=None) -> AttackResult:
+                   texts: list[str] | None = None, seed: int = 0, evaluate: bool = True, fmt=None,
+                   originals=None) -> AttackResult:
     """Fine-tune k steps on a fraction of the forget set (or a benign control); recall on the held-out rest.
-    fmt: the prompt format of the relearning examples and the recall measurements (data.prompt)."""
+    fmt: the prompt format of the relearning examples and the recall measurements (data.prompt).
+    With `originals` (restore.Originals) the model itself is trained; the caller restores it. The result
+    is measured on the held-out forget items (`items`)."""
     check_relearn_options(fraction, steps, lr, batch_size, by, control)
     check_forget_items(forget)
     fmt = bind(fmt, tok)
@@ -127,10 +146,12 @@ def relearn_attack(model, tok, forget=None, fraction: float = 0.5, steps: int = 
     if evaluate:
         rec["heldout_recall_before"] = exact_match_recall(model, tok, held, fmt=fmt).value
     with measure_cost() as cost:
-        out, log = finetune(model, tok, ex, steps, lr, batch_size, seed)
-    rec.update(cost=cost, train_log=log, weight_change=_weight_change(out, model))
+        out, log = finetune(model, tok, ex, steps, lr, batch_size, seed, inplace=originals is not None)
+    rec.update(cost=cost, train_log=log,
+               weight_change=_weight_change(out, originals=originals) if originals is not None else _weight_change(out, model))
     if evaluate:
         rec["heldout_recall_after"] = exact_match_recall(out, tok, held, fmt=fmt).value
         rec["relearned_recall_after"] = exact_match_recall(out, tok, train_items, fmt=fmt).value
     rec["heldout_questions"] = [it.question for it in held]
-    return AttackResult(out, rec)
+    hq = set(rec["heldout_questions"])
+    return AttackResult(out, rec, items=[i for i, it in enumerate(forget) if it.question in hq])

@@ -2,8 +2,8 @@
 any of them to a model by name (deploy)."""
 from .apply import quantize_model, released_quantized, select_weights
 from .backends import BACKENDS, BackendMissing, available, get_quantizer
-from .deploy import deploy
+from .deploy import deploy, deployed
 from .rtn import RTN, QTensor, group_view, parse_rtn
 
-__all__ = ["BACKENDS", "BackendMissing", "QTensor", "RTN", "available", "deploy", "get_quantizer", "group_view", "parse_rtn",
+__all__ = ["BACKENDS", "BackendMissing", "QTensor", "RTN", "available", "deploy", "deployed", "get_quantizer", "group_view", "parse_rtn",
            "quantize_model", "released_quantized", "select_weights"]

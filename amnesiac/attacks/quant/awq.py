@@ -230,11 +230,12 @@ def awq_block(layer, inputs, quant, n_grid: int = 20, duo: bool = False, clip: b
 
 @torch.no_grad()
 def awq_model(model, batches: list[torch.Tensor], bits: int = 4, group: int | None = 128, scheme: str = "asym",
-              n_grid: int = 20, duo: bool = False, clip: bool = True):
+              n_grid: int = 20, duo: bool = False, clip: bool = True, inplace: bool = False):
     """AWQ of every Linear in the decoder blocks (LM head and embeddings stay full precision).
-    Returns (model copy with folded scales and dequantized weights, {weight name: QTensor}, info)."""
+    Returns (model copy with folded scales and dequantized weights, {weight name: QTensor}, info);
+    inplace=True changes `model` itself (restore it with attacks.restore.restoring)."""
     decoder_layers(model, "AWQ")
-    m = copy.deepcopy(model).eval()
+    m = (model if inplace else copy.deepcopy(model)).eval()
     quant = AWQGrid(bits, group, scheme)
     t0 = time.perf_counter()
     inputs = block_inputs(m, batches)

@@ -1,10 +1,15 @@
-"""One entry point for every quantizer name: `deploy(model, tok, name, calib_texts)` → (model copy, info).
+"""One entry point for every quantizer name: `deploy(model, tok, name, calib_texts)` → (model copy, info),
+and `with deployed(model, tok, name, calib_texts) as (m, info):` → the model itself quantized, restored on exit.
 
 Per-weight quantizers (RTN, GGUF formats, HQQ, quanto, bnb, …: spec.quantizer_config) go through
 apply.quantize_model. Calibrated ones (gptq*, awq*) need calibration texts: up to n_calib of them
 (default 128, a seeded sample when there are more), one sequence each, tokenized with the model's own
 tokenizer and cut at max_len = 512 tokens (calib.calib_batches). Either way the result is an ordinary
 model whose Linear weights are the dequantized deployed weights, so every metric runs on it unchanged.
+
+`deployed` holds one model, not two: it quantizes in place and puts the original weights back from
+where they can be read one tensor at a time (attacks/restore.py: the saved safetensors, or a spill file),
+also when quantizing fails halfway. `deploy(..., inplace=True)` is the bare in-place form.
 
 "fp" is full precision: the model itself, not a copy (callers only read it). A name whose config has
 `embed` (e.g. "q4_1_file": a GGUF file as llama.cpp writes it) also quantizes the token embedding (and with
@@ -19,6 +24,8 @@ copy), "calib_sequences", "calib_tokens" and the method's own record. For per-we
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
+from typing import Iterator
 
 from ...errors import UserError
 from .spec import CALIBRATED, quantizer_config
@@ -29,8 +36,9 @@ _OBJECTS = ("codes", "quantizer")
 
 
 def deploy(model, tok, name: str, calib_texts: list[str] | None = None, *, n_calib: int = CALIB_N,
-           max_len: int = CALIB_MAX_LEN, seed: int = 0, options: dict | None = None, **select):
-    """Quantize `model` (not modified) by vocabulary name. `select`: the module selection of
+           max_len: int = CALIB_MAX_LEN, seed: int = 0, options: dict | None = None, inplace: bool = False,
+           **select):
+    """Quantize `model` (not modified unless inplace=True) by vocabulary name. `select`: the module selection of
     quantize_model (include / exclude regexes; embeddings / lm_head for per-weight quantizers only).
     `options` overrides a calibrated method's settings (GPTQ: damp, block, static_groups,
     true_sequential; AWQ: n_grid, duo)."""
@@ -50,7 +58,7 @@ def deploy(model, tok, name: str, calib_texts: list[str] | None = None, *, n_cal
 
         embed, head = cfg.pop("embed", None), cfg.pop("head", False)
         q = get_quantizer(**cfg)
-        m, info = quantize_model(model, q, **select)
+        m, info = quantize_model(model, q, inplace=inplace, **select)
         if embed:  # the token embedding (and with head, an untied output) too, at its own format: a whole GGUF file
             quantize_model(m, get_quantizer(backend="gguf", kind=embed), inplace=True, linear=False, embeddings=True,
                            lm_head=head)
@@ -76,18 +84,33 @@ def deploy(model, tok, name: str, calib_texts: list[str] | None = None, *, n_cal
 
             m, codes, info = gptq_model(model, batches, bits=cfg["bits"], group=cfg["group"], sym=cfg["scheme"] == "sym",
                                         act_order=cfg["act_order"], include=select.get("include"),
-                                        exclude=select.get("exclude"), **opts)
+                                        exclude=select.get("exclude"), inplace=inplace, **opts)
         else:
             if select.get("include") or select.get("exclude"):
                 raise UserError(f"{name}: AWQ folds scales across a whole block; include/exclude is not supported")
             from .awq import awq_model
 
             m, codes, info = awq_model(model, batches, bits=cfg["bits"], group=cfg["group"], scheme=cfg["scheme"],
-                                       clip=cfg["clip"], **opts)
+                                       clip=cfg["clip"], inplace=inplace, **opts)
         info = {**info, "mode": "dequantized", "codes": codes, "names": list(codes), "options": opts,
                 "calib": {"n_texts": len(calib_texts), "n_calib": n_calib, "max_len": max_len, "seed": seed}}
     m.eval()
     return m, {"name": name.strip().lower(), "config": cfg, **info, "wall_s": round(time.perf_counter() - t0, 4)}
+
+
+@contextmanager
+def deployed(model, tok, name: str, calib_texts: list[str] | None = None, *, originals=None,
+             **kw) -> Iterator[tuple]:
+    """`model` itself quantized as `name` inside the block, (model, info) as deploy() gives; on exit, also
+    on error, its original weights are back bit for bit. `originals` (attacks.restore.Originals) says
+    where they are read from; without it they are spilled to a temporary file first."""
+    if name.strip().lower() == "fp":
+        yield deploy(model, tok, name)
+        return
+    from ..restore import restoring
+
+    with restoring(model, originals):
+        yield deploy(model, tok, name, calib_texts, inplace=True, **kw)
 
 
 def json_info(info: dict) -> dict:

@@ -169,16 +169,18 @@ def collect_hessians(layer, inputs, mods: dict[str, torch.nn.Module]) -> dict[st
 @torch.no_grad()
 def gptq_model(model, batches: list[torch.Tensor], bits: int = 4, group: int | None = 128, sym: bool = True,
                act_order: bool = False, static_groups: bool = False, damp: float = 0.01, block: int = 128,
-               true_sequential: bool = True, include: str | None = None, exclude: str | None = None):
+               true_sequential: bool = True, include: str | None = None, exclude: str | None = None,
+               inplace: bool = False):
     """GPTQ of every Linear in the decoder blocks of a Llama (LM head and embeddings stay full precision).
 
     Block by block: the block's inputs are those produced by the already-quantized earlier blocks; inside
     a block the sets of LLAMA_SEQUENTIAL are quantized in order, each one's Hessian collected with the
-    earlier sets already quantized (true-sequential). Returns (model copy, {weight name: QTensor}, info)."""
+    earlier sets already quantized (true-sequential). Returns (model copy, {weight name: QTensor}, info);
+    inplace=True quantizes `model` itself (restore it with attacks.restore.restoring)."""
     import re
 
     decoder_layers(model, "GPTQ")  # refuse other architectures before copying
-    m = copy.deepcopy(model).eval()
+    m = (model if inplace else copy.deepcopy(model)).eval()
     layers = decoder_layers(m, "GPTQ")
     t0 = time.perf_counter()
     inputs = block_inputs(m, batches)
