@@ -109,14 +109,14 @@ class AuditConfig:
 
 def available_attacks(names: list[str]) -> tuple[list[str], dict[str, str]]:
     """Drop quantization backends that are not installed; say why."""
-    from .attacks.quant.backends import INSTALL, available
+    from .attacks.quant.backends import available, install_hint
     from .attacks.quant.spec import quantizer_config
 
     keep, skipped = [], {}
     for n in names:
         b = quantizer_config(n)["backend"] if is_quantizer(n) else None
         if b and b != "rtn" and not available(b):
-            skipped[n] = f"backend {b!r} not installed: {INSTALL[b][1]}"
+            skipped[n] = f"backend {b!r} not installed: {install_hint(b)}"
         else:
             keep.append(n)
     return keep, skipped

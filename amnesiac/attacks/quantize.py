@@ -1,5 +1,6 @@
 """The quantization attacks as registered attacks: model in, quantized copy out, with config and cost.
-`quantize`: per-weight quantizers (RTN, backends); `gptq` and `awq`: calibrated (quant.deploy)."""
+`quantize`: per-weight quantizers (RTN, backends); `gptq` and `awq`: calibrated (quant.deploy); `bnb_load`:
+the saved folder loaded through transformers + BitsAndBytesConfig (quant.bnb_load)."""
 from __future__ import annotations
 
 import copy
@@ -77,3 +78,15 @@ def awq_attack(model, tok=None, calib_texts: list[str] | None = None, bits: int 
     """AWQ (Lin et al. 2024) with calibration texts: activation-aware scales folded, then group RTN."""
     return _calibrated("awq", model, tok, calib_texts, calibrated_name("awq", bits, group, scheme, not clip),
                        n_calib, max_len, seed, {"duo": duo}, None, None)
+
+
+@register("attacks", "bnb_load")
+def bnb_load_attack(model, tok=None, kind: str = "fp4", double_quant: bool = False, path: str | None = None) -> AttackResult:
+    """bitsandbytes as users load it: the saved folder through transformers + BitsAndBytesConfig (fp4 | nf4 | int8)."""
+    from .quant.deploy import deploy
+
+    name = f"bnb_{kind}_load" + ("_dq" if double_quant else "")
+    with measure_cost() as cost:
+        out, info = deploy(model, tok, name, path=path)
+    cfg = {**info.pop("config"), "name": info.pop("name"), "library_version": _lib_version("bnb")}
+    return AttackResult(out, {"attack": "bnb_load", "config": cfg, "cost": cost, **info})

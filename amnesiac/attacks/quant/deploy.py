@@ -6,6 +6,10 @@ apply.quantize_model. Calibrated ones (gptq*, awq*) need calibration texts: up t
 tokenizer and cut at max_len = 512 tokens (calib.calib_batches). Either way the result is an ordinary
 model whose Linear weights are the dequantized deployed weights, so every metric runs on it unchanged.
 
+Loaded ones (bnb_*_load: spec.LOADED) load the model's saved folder through transformers +
+BitsAndBytesConfig (bnb_load.load_bnb): `path` names the folder, by default the one the model was
+loaded from; the result computes with bitsandbytes' own modules, not dequantized weights.
+
 "fp" is full precision: the model itself, not a copy (callers only read it). A name whose config has
 `embed` (e.g. "q4_1_file": a GGUF file as llama.cpp writes it) also quantizes the token embedding.
 
@@ -28,7 +32,7 @@ _OBJECTS = ("codes", "quantizer")
 
 
 def deploy(model, tok, name: str, calib_texts: list[str] | None = None, *, n_calib: int = CALIB_N,
-           max_len: int = CALIB_MAX_LEN, seed: int = 0, options: dict | None = None, **select):
+           max_len: int = CALIB_MAX_LEN, seed: int = 0, options: dict | None = None, path=None, **select):
     """Quantize `model` (not modified) by vocabulary name. `select`: the module selection of
     quantize_model (include / exclude regexes; embeddings / lm_head for per-weight quantizers only).
     `options` overrides a calibrated method's settings (GPTQ: damp, block, static_groups,
@@ -41,7 +45,14 @@ def deploy(model, tok, name: str, calib_texts: list[str] | None = None, *, n_cal
         raise UserError(str(e)) from None
     backend = cfg["backend"]
     t0 = time.perf_counter()
-    if backend not in CALIBRATED:
+    if backend == "bnb_load":
+        if options or any(select.values()):
+            raise UserError(f"{name} loads the saved folder as transformers does (every Linear but the LM head); "
+                            "options and module selection do not apply")
+        from .bnb_load import load_bnb
+
+        m, info = load_bnb(model, cfg["kind"], cfg["double_quant"], path)
+    elif backend not in CALIBRATED:
         if options:
             raise UserError(f"options= applies to calibrated quantizers (gptq*, awq*), not to {name}")
         from .apply import quantize_model
