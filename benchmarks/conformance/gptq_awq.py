@@ -104,7 +104,7 @@ def ref_gptq(W, H, nsamples, bits, group, sym, act_order, static, damp, block):
     lin = torch.nn.Linear(C, R, bias=False)
     lin.weight.data = W.detach().float().clone()
     cfg = QuantizeConfig(bits=bits, group_size=group or -1, sym=sym, desc_act=act_order, static_groups=static,
-                         act_group_aware=False, damp_percent=damp)
+                         act_group_aware=False, damp_percent=damp, offload_to_disk=False)
     g = GPTQ(lin, cfg)
     g.quantizer.configure(perchannel=True)  # as gptqmodel's GPTQProcessor does
     g.H, g.nsamples = H.detach().float().clone(), nsamples
@@ -125,7 +125,7 @@ def hessian_check(model, calib) -> dict:
     from amnesiac.attacks.quant.gptq import Hessian
 
     q = model.model.layers[0].self_attn.q_proj
-    ref = GPTQ(copy.deepcopy(q), QuantizeConfig(bits=4, group_size=128, act_group_aware=False))
+    ref = GPTQ(copy.deepcopy(q), QuantizeConfig(bits=4, group_size=128, act_group_aware=False, offload_to_disk=False))
     mine = Hessian(q.in_features, "cpu")
     xs = []
     h = q.register_forward_hook(lambda m, a, o: xs.append((a[0].detach(), o.detach())))
