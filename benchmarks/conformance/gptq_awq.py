@@ -304,11 +304,13 @@ def main():
                 model.config.num_hidden_layers = a.awq_layers
                 r["awq_model"] = f"the first {a.awq_layers} decoder blocks (then norm and head)"
                 r["ppl_fp_awq_model"] = perplexity(model, evals)
-            runs = [("awq4_g128", False, False)]
+            # AutoAWQ asserts in_features % group == 0: SmolLM2's 576 is not a multiple of 128, so g64 there
+            g = 128 if all(lin.in_features % 128 == 0 for lin in model.modules() if isinstance(lin, torch.nn.Linear)) else 64
+            runs = [(f"awq4_g{g}", False, False)]
             if which == "tiny":
                 runs += [("awq4_g128_duo", True, False), ("awq4_g128_duo_snapshot_fix", True, True)]
             for name, duo, fix in runs:
-                r[name] = awq_conformance(model, calib, evals, 4, 128, duo, fix)
+                r[name] = awq_conformance(model, calib, evals, 4, g, duo, fix)
                 print(which, name, r[name], flush=True)
         res[which] = r
         write(a.out, res)  # after every model: a stopped run keeps what it measured
