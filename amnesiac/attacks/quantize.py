@@ -1,7 +1,8 @@
 """The quantization attacks as registered attacks: model in, quantized copy out, with config and cost.
 `quantize`: per-weight quantizers (RTN, backends); `gptq` and `awq`: calibrated (quant.deploy); `deploy`:
-any quantizer by vocabulary name ("rtn4_g64", "gptq4_g128", "q4_k_m", "fp"), the form the audit calls.
-With `originals=` (restore.Originals) the model itself is quantized (no copy) and the caller restores it."""
+any quantizer by vocabulary name ("rtn4_g64", "gptq4_g128", "q4_k_m", "bnb_fp4_load", "fp"), the form the audit
+calls. With `originals=` (restore.Originals) the model itself is quantized (no copy) and the caller restores it;
+`bnb_load`: the saved folder loaded through transformers + BitsAndBytesConfig (quant.bnb_load)."""
 from __future__ import annotations
 
 import copy
@@ -92,13 +93,20 @@ def _is_deployment(name: str) -> bool:
 
 
 def _missing_backend(name: str) -> str | None:
-    from .quant.backends import INSTALL, available
+    from .quant.backends import available, install_hint
     from .quant.spec import quantizer_config
 
     if name == "fp":
         return None
     b = quantizer_config(name)["backend"]
-    return None if b == "rtn" or available(b) else f"backend {b!r} not installed: {INSTALL[b][1]}"
+    return None if b == "rtn" or available(b) else f"backend {b!r} not installed: {install_hint(b)}"
+
+
+def _modifies(name: str) -> bool:
+    """Whether the deployment changes the model's own weights (loaded ones build a new model from its folder)."""
+    from .quant.spec import is_loaded
+
+    return name != "fp" and not is_loaded(name)
 
 
 def _vocabulary() -> list[str]:
@@ -109,7 +117,7 @@ def _vocabulary() -> list[str]:
 
 @register("attacks", "deploy")
 @auditable(_is_deployment, lambda name, ctx: {"name": name, "calib_texts": ctx.calib_texts, "seed": ctx.seed},
-           modifies=lambda name: name != "fp", vocabulary=_vocabulary, unavailable=_missing_backend)
+           modifies=_modifies, vocabulary=_vocabulary, unavailable=_missing_backend)
 def deploy_attack(model, tok=None, name: str = "fp", calib_texts: list[str] | None = None, seed: int = 0,
                   originals=None, **select) -> AttackResult:
     """Any quantizer by vocabulary name (RTN specs, GGUF kinds, backends, gptq*/awq*; "fp": unchanged)."""
@@ -120,3 +128,15 @@ def deploy_attack(model, tok=None, name: str = "fp", calib_texts: list[str] | No
     rec = json_info(info)
     return AttackResult(out, {"attack": "deploy", "config": {"name": rec.pop("name"), "config": rec.pop("config")},
                               "cost": cost, "mode": rec.get("mode"), "n_tensors": rec.get("n_tensors")})
+
+
+@register("attacks", "bnb_load")
+def bnb_load_attack(model, tok=None, kind: str = "fp4", double_quant: bool = False, path: str | None = None) -> AttackResult:
+    """bitsandbytes as users load it: the saved folder through transformers + BitsAndBytesConfig (fp4 | nf4 | int8)."""
+    from .quant.deploy import deploy
+
+    name = f"bnb_{kind}_load" + ("_dq" if double_quant else "")
+    with measure_cost() as cost:
+        out, info = deploy(model, tok, name, path=path)
+    cfg = {**info.pop("config"), "name": info.pop("name"), "library_version": _lib_version("bnb")}
+    return AttackResult(out, {"attack": "bnb_load", "config": cfg, "cost": cost, **info})

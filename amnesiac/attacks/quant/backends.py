@@ -23,13 +23,19 @@ INSTALL = {  # extra name in pyproject → (import name, pip hint)
     "gguf": ("gguf", "pip install gguf  (llama.cpp's gguf-py; a core dependency of amnesiac)"),  # kind=q4_0|q4_1|q5_0|q5_1|q8_0
 }
 BACKENDS = ["rtn", *INSTALL]
+LOADERS = {"bnb_load": "bnb"}  # model-level loaders (deploy applies them) → the library they need
 
 
 class BackendMissing(UserError, ImportError):  # amnesiac.errors family (exit 2 in the CLI)
     pass
 
 
+def install_hint(backend: str) -> str:
+    return INSTALL[LOADERS.get(backend, backend)][1]
+
+
 def available(backend: str) -> bool:
+    backend = LOADERS.get(backend, backend)
     if backend in ("rtn", "gptq", "awq"):  # written in torch alone, always there
         return True
     mod = INSTALL[backend][0]
@@ -47,6 +53,9 @@ def require(backend: str) -> None:
 def get_quantizer(backend: str = "rtn", bits: int = 4, group: int | None = None, scheme: str = "sym", **kw):
     """The per-weight quantizer of a backend. scheme applies to RTN; bnb takes kind='nf4'|'fp4'|'int8'."""
     backend = backend.lower()
+    if backend in LOADERS:
+        raise ValueError(f"{backend} loads a saved model folder, not a per-weight quantizer: use "
+                         "amnesiac.attacks.quant.deploy.deploy(model, tok, name) on a model loaded from its folder")
     if backend in ("gptq", "awq"):
         raise ValueError(f"{backend} is a calibrated quantizer (it needs calibration texts and the whole model), not a "
                          "per-weight one: use amnesiac.attacks.quant.deploy.deploy(model, tok, name, calib_texts)")

@@ -11,6 +11,10 @@ model whose Linear weights are the dequantized deployed weights, so every metric
 where they can be read one tensor at a time (attacks/restore.py: the saved safetensors, or a spill file),
 also when quantizing fails halfway. `deploy(..., inplace=True)` is the bare in-place form.
 
+Loaded ones (bnb_*_load: spec.LOADED) load the model's saved folder through transformers +
+BitsAndBytesConfig (bnb_load.load_bnb): `path` names the folder, by default the one the model was
+loaded from; the result computes with bitsandbytes' own modules, not dequantized weights.
+
 "fp" is full precision: the model itself, not a copy (callers only read it). A name whose config has
 `embed` (e.g. "q4_1_file": a GGUF file as llama.cpp writes it) also quantizes the token embedding (and with
 `head`, as "q4_k_m_file", an untied output layer).
@@ -37,7 +41,7 @@ _OBJECTS = ("codes", "quantizer")
 
 def deploy(model, tok, name: str, calib_texts: list[str] | None = None, *, n_calib: int = CALIB_N,
            max_len: int = CALIB_MAX_LEN, seed: int = 0, options: dict | None = None, inplace: bool = False,
-           **select):
+           path=None, **select):
     """Quantize `model` (not modified unless inplace=True) by vocabulary name. `select`: the module selection of
     quantize_model (include / exclude regexes; embeddings / lm_head for per-weight quantizers only).
     `options` overrides a calibrated method's settings (GPTQ: damp, block, static_groups,
@@ -50,7 +54,14 @@ def deploy(model, tok, name: str, calib_texts: list[str] | None = None, *, n_cal
         raise UserError(str(e)) from None
     backend = cfg["backend"]
     t0 = time.perf_counter()
-    if backend not in CALIBRATED:
+    if backend == "bnb_load":
+        if options or any(select.values()):
+            raise UserError(f"{name} loads the saved folder as transformers does (every Linear but the LM head); "
+                            "options and module selection do not apply")
+        from .bnb_load import load_bnb
+
+        m, info = load_bnb(model, cfg["kind"], cfg["double_quant"], path)
+    elif backend not in CALIBRATED:
         if options:
             raise UserError(f"options= applies to calibrated quantizers (gptq*, awq*), not to {name}")
         from .apply import quantize_model
