@@ -115,8 +115,10 @@ def deployed(model, tok, name: str, calib_texts: list[str] | None = None, *, ori
     """`model` itself quantized as `name` inside the block, (model, info) as deploy() gives; on exit, also
     on error, its original weights are back bit for bit. `originals` (attacks.restore.Originals) says
     where they are read from; without it they are spilled to a temporary file first."""
-    if name.strip().lower() == "fp":
-        yield deploy(model, tok, name)
+    from .spec import is_loaded
+
+    if name.strip().lower() == "fp" or is_loaded(name):  # nothing of `model` changes: a loaded one is a new model
+        yield deploy(model, tok, name, **({k: v for k, v in kw.items() if k == "path"}))
         return
     from ..restore import restoring
 
