@@ -52,7 +52,7 @@ class DemoConfig:
     scenarios: tuple[str, ...] = ("trained", "released-quantized")  # scenarios.py: trained | released-quantized
     max_retain: int = 300  # retain items evaluated
     n_boot: int = 10000  # p ≥ 1/(n_boot+1): with ~50 deployments judged, Holm needs p well below 0.025/50
-    calibrated: bool = True  # also the GPTQ / AWQ deployments (4 and 8 bit, group 128), calibrated on the retain set
+    calibrated: bool = False  # also the GPTQ / AWQ deployments (4 and 8 bit, group 128), calibrated on the retain set (off until the README table is re-measured with them)
     smollm2: bool = False  # append the SmolLM2 rows (`amnesiac demo --smollm2`: the CLI composes the two experiments)
     template: str | None = None  # QA prompt template ({question}) the tiny models are trained, unlearned and measured with (default 'Question: {question}\nAnswer:'; their tokenizers have no chat template)
 

@@ -121,16 +121,16 @@ def test_eval_row_measures_gptq_and_awq_calibrated_on_the_texts_given(trained_ti
     t = save_model(copy.deepcopy(trained_tiny), tok, tmp_path / "target")
     forget, retain = qa_people["forget"][:6], qa_people["retain"][:6]
     calib = calib_texts_from_items(qa_people["retain"][:16])
-    r = eval_row(t, forget, retain, DemoConfig(), tmp_path / "cache", calib_texts=calib)
+    r = eval_row(t, forget, retain, DemoConfig(calibrated=True), tmp_path / "cache", calib_texts=calib)
     assert set(r["precisions"]) == set(PRECISIONS) | set(CALIBRATED)
     files = sorted((tmp_path / "cache").glob("*.json"))
     assert {json.loads(f.read_text())["deployment"] for f in files} == set(PRECISIONS.values()) | set(CALIBRATED.values())
     # 8-bit GPTQ on a tiny model changes no greedy answer that full precision gets right or wrong by a wide margin
     assert r["precisions"]["gptq8"]["forget"]["exact_match"] == r["precisions"]["fp"]["forget"]["exact_match"]
-    again = eval_row(t, forget, retain, DemoConfig(), tmp_path / "cache", calib_texts=calib)
+    again = eval_row(t, forget, retain, DemoConfig(calibrated=True), tmp_path / "cache", calib_texts=calib)
     assert again["precisions"] == r["precisions"] and len(list((tmp_path / "cache").glob("*.json"))) == len(files)
     # other calibration texts are another measurement (the key includes them)
-    eval_row(t, forget, retain, DemoConfig(), tmp_path / "cache", calib_texts=calib[:8])
+    eval_row(t, forget, retain, DemoConfig(calibrated=True), tmp_path / "cache", calib_texts=calib[:8])
     assert len(list((tmp_path / "cache").glob("*.json"))) == len(files) + len(CALIBRATED)
     plain = eval_row(t, forget, retain, DemoConfig(calibrated=False), tmp_path / "cache2")
     assert set(plain["precisions"]) == set(PRECISIONS)
