@@ -133,6 +133,7 @@ def deployments(cfg: DemoConfig) -> dict[str, str]:
 def eval_row(model_dir: Path, forget, retain, cfg: DemoConfig, cache_dir: Path, target_dir: Path | None = None,
              scoring=None, calib_texts: list[str] | None = None) -> dict:
     """measure() at every deployment (runs.cached_measure: keyed by content; calibrated ones on `calib_texts`)
+    without the truth ratio, which no demo table reads (it would be ~6/7 of the scoring time)
     + collapse diagnostics at 4 bits vs the scenario's target (cached by both models' content)."""
     from .attacks.quant.spec import is_calibrated
     from .measure import scoring_for
@@ -148,7 +149,7 @@ def eval_row(model_dir: Path, forget, retain, cfg: DemoConfig, cache_dir: Path, 
 
     sets = {"forget": forget, "retain": retain}
     row: dict = {"precisions": {p: cached_measure(model_dir, name, sets, scoring, cache_dir, loaded=loaded,
-                                                  fmt=cfg.prompt_format(),
+                                                  fmt=cfg.prompt_format(), truth_ratio=False,
                                                   calib_texts=calib_texts if name != "fp" and is_calibrated(name) else None)
                                 for p, name in deployments(cfg).items()}}
     if target_dir is not None:

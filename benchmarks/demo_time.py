@@ -1,6 +1,9 @@
 """`amnesiac demo` wall time, cold and warm, on this machine.
 
-usage: python benchmarks/demo_time.py [--threads 2] [--warm-only --home DIR] [--out ...] [-- extra demo options]
+usage: python benchmarks/demo_time.py [--threads N] [--warm-only --home DIR] [--out ...] [-- extra demo options]
+
+Without --threads the demo picks its own thread count (what `make demo` does: core/threads.py); the choice
+is read back from the demo's summary.json and recorded.
 
 cold: a fresh, empty $AMNESIAC_HOME in a temp dir, so the tiny models are prepared (tokenizer, base, target,
       retrained: the bulk of the time), then every unlearning run, quantization and metric is computed;
@@ -22,20 +25,28 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _machine import machine  # noqa: E402
 
 
-def timed_demo(home: Path, out: Path, threads: int, extra: list[str]) -> dict:
-    env = {**os.environ, "AMNESIAC_HOME": str(home), "OMP_NUM_THREADS": str(threads)}
+def timed_demo(home: Path, out: Path, threads: int | None, extra: list[str]) -> dict:
+    env = {**os.environ, "AMNESIAC_HOME": str(home)}
+    env.pop("OMP_NUM_THREADS", None)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
     cmd = [sys.executable, "-m", "amnesiac.cli", "demo", "--out", str(out), *extra]
     t = time.perf_counter()
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t
     if r.returncode != 0:
         raise SystemExit(f"demo failed (exit {r.returncode}):\n{r.stderr[-3000:]}")
-    return {"wall_s": round(wall, 2), "command": " ".join(cmd[1:]), "stdout_tail": r.stdout.splitlines()[-5:]}
+    import json
+
+    summary = json.loads((out / "summary.json").read_text())
+    return {"wall_s": round(wall, 2), "command": " ".join(cmd[1:]), "stdout_tail": r.stdout.splitlines()[-5:],
+            "prepare_s": summary.get("prepare_s"), "unlearn_s": round(sum((summary.get("unlearn_s") or {}).values()), 1),
+            "demo_threads": (summary.get("versions") or {}).get("torch_threads")}
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for the demo (default: its own choice)")
     ap.add_argument("--warm-only", action="store_true")
     ap.add_argument("--home", default=None, help="existing AMNESIAC_HOME for --warm-only")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "demo_time-cpu.json"))
@@ -43,9 +54,6 @@ def main():
     a = ap.parse_args()
     if a.warm_only and not a.home:
         ap.error("--warm-only needs --home (a prepared AMNESIAC_HOME)")
-    import torch
-
-    torch.set_num_threads(a.threads)  # recorded by machine(); the demo subprocess gets OMP_NUM_THREADS
     rec = {"benchmark": "demo_time", "threads": a.threads, "extra_options": a.extra}
     with tempfile.TemporaryDirectory(prefix="demo_time-") as d:
         home = Path(a.home) if a.warm_only else Path(d) / "home"

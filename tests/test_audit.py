@@ -66,6 +66,19 @@ def test_audit_summary_schema_and_resume(audit_models, qa_people, tmp_path):
     html = paths["html"].read_text()
     assert "data:image/png;base64," in html and s1["verdict"]["verdict"] in html
     assert set(s1["mia"]) == {"target", "unlearned", "retrained"} and "MIA" in html  # the ROC figure renders
+    # the terminal table: one line per attack however narrow the console, empty columns left out
+    from rich.console import Console
+
+    from amnesiac.report.audit_report import print_audit
+
+    con = Console(record=True, width=240)
+    print_audit({**s1, "recovery": [{**r, "floor_value": None, "excess": None, "excess_ci": None}
+                                    for r in s1["recovery"]]}, con)
+    text = con.export_text()
+    assert "retrained" not in text.split("\n")[2] and "excess" not in text  # the header row, no floor columns
+    fp = s1["recovery"][0]
+    assert f"target {fp['target_fp']:.3f} → unlearned {fp['value']:.3f}" in text
+    assert sum(line.startswith("│ rtn4_g64 ") for line in text.splitlines()) == 1
 
 
 def test_audit_rejects_empty_forget(audit_models, qa_people, tmp_path):

@@ -108,3 +108,19 @@ def test_generic_jsonl_qa_and_text(tmp_path):
     assert it.question == "Who?" and it.extra == {"source": "x"}
     t = _write(tmp_path / "t.jsonl", [json.dumps({"text": "hello world"})])
     assert load_dataset(str(t)) == ["hello world"]
+
+
+def test_dataset_slices_take_records_in_file_order(tmp_path):
+    full = load_dataset("tofu:forget01")
+    assert len(full) == 40
+    assert load_dataset("tofu:forget01[:4]") == full[:4]
+    assert load_dataset("tofu:forget01[38:]") == full[38:]
+    assert load_dataset("tofu:forget01[2:5]") == full[2:5]
+    p = tmp_path / "qa.jsonl"
+    p.write_text("".join(json.dumps({"question": f"q{i}?", "answer": f"a{i}"}) + "\n" for i in range(5)))
+    assert [it.answer for it in load_dataset(f"{p}[1:3]")] == ["a1", "a2"]
+    with pytest.raises(DataError, match=r"slice \[40:\] of tofu:forget01 \(40 records\) is empty"):
+        load_dataset("tofu:forget01[40:]")
+    odd = tmp_path / "odd[1:2].jsonl"  # a file whose name looks like a slice is read whole
+    odd.write_text(p.read_text())
+    assert len(load_dataset(str(odd))) == 5

@@ -93,3 +93,17 @@ def test_cli_quantize_a_gguf_model_to_q4_1(tmp_path, tiny_llama, tok):
     m, _ = load_model(out, device="cpu")
     w = tiny_llama.model.layers[0].mlp.up_proj.weight
     assert torch.equal(m.model.layers[0].mlp.up_proj.weight, GGUFQuantizer("q4_1")(w))
+
+
+def test_chat_template_survives_the_gguf_round_trip(tmp_path, tiny_llama, tok):
+    """transformers' GGUF tokenizer loader drops `tokenizer.chat_template`; load_tokenizer reads it back, so
+    --chat-template works on a .gguf model as on its folder."""
+    import copy
+
+    from amnesiac.models.load import load_tokenizer
+
+    t = copy.deepcopy(tok)
+    t.chat_template = "{% for m in messages %}<user>{{ m['content'] }}</user>{% endfor %}<bot>"
+    p = write_gguf(tiny_llama, t, tmp_path / "chat.gguf", ftype="f32")
+    assert load_tokenizer(p).chat_template == t.chat_template
+    assert load_tokenizer(write_gguf(tiny_llama, tok, tmp_path / "plain.gguf", ftype="f32")).chat_template is None

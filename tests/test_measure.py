@@ -40,3 +40,12 @@ def test_measure_scores_every_metric_that_applies(trained_tiny, tok, qa_people):
     # the tiny model memorised these people: exact match agrees with ROUGE-L recall item by item
     for em, rl in zip(r["forget"]["exact_match"], r["forget"]["rougeL_recall"]):
         assert em == 0.0 or rl == 1.0
+    # without the truth ratio: the same numbers for everything else, and the 1 + k extra continuations unscored
+    from amnesiac.metrics.runner import Runner
+
+    run = Runner(trained_tiny, tok, 32, cache=False, model_hash="-")
+    r2 = measure(trained_tiny, tok, {"forget": pert, "retain": plain}, Scoring("truth_ratio", "test"),
+                 truth_ratio=False, runner=run)
+    assert "truth_ratio" not in r2["forget"]
+    assert {k: v for k, v in r["forget"].items() if k != "truth_ratio"} == r2["forget"] and r["retain"] == r2["retain"]
+    assert run.stats["scored"] == len(pert) + len(plain)  # one answer continuation per item

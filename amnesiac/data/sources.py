@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from pathlib import Path
 
 from ..io import amnesiac_home, hash_obj, write_json, write_jsonl
@@ -84,8 +85,22 @@ def tofu_source(split: str) -> list[QAItem]:
     return load_qa_jsonl(_tofu_file(split))
 
 
+_SLICE = re.compile(r"^(?P<spec>.+)\[(?P<start>\d*):(?P<stop>\d*)\]$")
+
+
 def load_dataset(spec: str):
-    """`bios:forget10`, `tofu:retain90`, or a path (`.jsonl` QA; raw text when the records have `text`)."""
+    """`bios:forget10`, `tofu:retain90`, or a path (`.jsonl` QA; raw text when the records have `text`).
+
+    A trailing `[start:stop]` takes a slice of the records in file order, as Hugging Face `datasets` split
+    slicing does (`tofu:forget01[:4]`: the first four), for a quick trial of a long run."""
+    m = _SLICE.match(str(spec))
+    if m and not Path(spec).exists():
+        rows = load_dataset(m["spec"])
+        start, stop = int(m["start"] or 0), int(m["stop"]) if m["stop"] else None
+        part = rows[start:stop]
+        if not part:
+            raise DataError(f"{spec}: the slice [{m['start']}:{m['stop']}] of {m['spec']} ({len(rows)} records) is empty")
+        return part
     from ..registry import registry
 
     if ":" in spec and not Path(spec).exists():

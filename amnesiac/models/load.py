@@ -115,11 +115,21 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
     p = Path(path)
     if p.suffix == ".gguf":
         tok = AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name)
+        if not getattr(tok, "chat_template", None):  # transformers drops the GGUF's own template; llama.cpp uses it
+            tok.chat_template = _gguf_chat_template(p)
     else:
         tok = AutoTokenizer.from_pretrained(str(p), trust_remote_code=trust_remote_code)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+def _gguf_chat_template(p: Path) -> str | None:
+    """The `tokenizer.chat_template` string a GGUF file carries (None when it has none)."""
+    from gguf import GGUFReader
+
+    field = GGUFReader(str(p)).fields.get("tokenizer.chat_template")
+    return bytes(field.parts[field.data[0]]).decode("utf-8") if field is not None else None
 
 
 def load_model(path: str | Path, device: str | None = "auto", dtype: str | None = "float32",

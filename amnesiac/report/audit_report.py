@@ -52,16 +52,22 @@ def print_audit(summary: dict, console=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    # a log file or pipe is not a terminal: rich would wrap every cell to its default 80 columns
+    console = console or (Console() if Console().is_terminal else Console(width=240))
     rows = recovery_table(summary)
+    keep = [j for j in range(len(rows[0])) if j == 0 or any(r[j] != "-" for r in rows[1:])]  # no all-empty columns
     t = Table(title=f"audit: forget-set knowledge under each attack ({summary['verdict']['metric']})")
-    for c in rows[0]:
-        t.add_column(c)
+    for j in keep:
+        t.add_column(rows[0][j], no_wrap=j == 0)
     for r in rows[1:]:
-        t.add_row(*r)
+        t.add_row(*[r[j] for j in keep])
     console.print(t)
     v = summary["verdict"]
     console.print(f"metric: {v['metric']} — {v['metric_reason']}")
+    fp = next((r for r in summary["recovery"] if r["attack"] == "fp"), None)
+    if fp is not None and fp.get("target_fp") is not None:  # a PASS means little when nothing was forgotten
+        console.print(f"forgetting at full precision: target {fp['target_fp']:.3f} → unlearned {fp['value']:.3f} "
+                      f"(kept {fp['recovery_ratio']:.0%} of the target's level)")
     console.print(f"[bold {_colour(v['verdict'])}]{v['verdict']}[/]: {v['reason']}")
 
 

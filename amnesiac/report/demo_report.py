@@ -82,9 +82,10 @@ def write_demo_report(summary: dict, out: Path) -> dict:
         "`released-quantized` (target rounded onto a 4-bit symmetric group-64 grid first, as a quantized release). "
         f"Cells are forget / retain scores under {summary.get('scoring', {}).get('metric', 'exact_match')} "
         f"({summary.get('scoring', {}).get('reason', '')}). `4bit_foreign` is a different 4-bit grid "
-        "(asymmetric, group 128); G4/A4/G8/A8 are GPTQ and AWQ at 4 and 8 bits (group 128), calibrated on the "
-        "retain set. Verdict rule: docs/science.md §7 (paired bootstrap, Holm over every "
-        "model × deployment of a scenario)."))]
+        "(asymmetric, group 128)"
+        + ("; G4/A4/G8/A8 are GPTQ and AWQ at 4 and 8 bits (group 128), calibrated on the retain set"
+           if summary["config"].get("calibrated") else "")
+        + ". Verdict rule: docs/science.md §7 (paired bootstrap, Holm over every model × deployment of a scenario)."))]
     for sc in summary["config"]["scenarios"]:
         v = summary["verdicts"][sc]
         rows = [r for r in summary["rows"] if r["scenario"] == sc]
