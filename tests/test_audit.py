@@ -237,3 +237,19 @@ def test_a_quantization_aware_model_is_judged_in_its_shipped_format(audit_models
     assert s["verdict"]["reference"]["format"] == "rtn4_g64"
     u4 = s["results"]["unlearned"]["rtn4_g64"]["forget_exact_match"]["mean"]
     assert rows["fp"]["unlearned_fp"] == pytest.approx(u4) and "gain_over_fp" in rows["fp"]
+
+
+def test_a_prompt_attack_that_rewrites_nothing_is_skipped_with_the_reason(audit_models, qa_people, tmp_path):
+    """Data without TOFU's paraphrased questions (tofu:world_facts, a user's JSONL): the paraphrase row would be
+    the fp row again and look like evidence; it is skipped and says why."""
+    import dataclasses
+
+    from amnesiac.attacks.prompts import inapplicable
+
+    bare = [dataclasses.replace(it, paraphrased_questions=[]) for it in qa_people["forget"]]
+    assert inapplicable("paraphrase", qa_people["forget"]) is None
+    assert "paraphrased_question" in inapplicable("paraphrase", bare)
+    assert inapplicable("step_by_step", bare) is None and inapplicable("rtn4_g64", bare) is None
+    s = Audit(str(audit_models / "target"), str(audit_models / "unlearned"), bare, qa_people["retain"][:8],
+              tmp_path / "a", config=AuditConfig(attacks=["paraphrase", "step_by_step"], n_boot=200)).run()
+    assert s["attacks"] == ["fp", "step_by_step"] and "rewrites none" in s["skipped_attacks"]["paraphrase"]

@@ -167,6 +167,20 @@ def _prompt_names() -> list[str]:
     return [n for n in TRANSFORMS if n not in _NOT_ATTACKS]
 
 
+def inapplicable(name: str, items: list[QAItem], seed: int = 0) -> str | None:
+    """Why the prompt attack `name` cannot run on `items` (it rewrites none of them, so its row would repeat
+    full precision's, e.g. paraphrase on data without TOFU's `paraphrased_question`); None when it applies or
+    `name` is not a prompt attack. The default format is enough: a format changes the wrapping, not whether an
+    item has a variant."""
+    name = ALIASES.get(name, name)
+    if name not in _prompt_names() or not items:
+        return None
+    if any(build_prompts(name, list(items), pool=list(items), seed=seed)):
+        return None
+    need = {"paraphrase": " (TOFU field paraphrased_question)", "cloze": " (TOFU field paraphrased_answer)"}
+    return f"rewrites none of the {len(items)} forget items{need.get(name, '')}: its row would repeat full precision's"
+
+
 @register("attacks", "prompt_variant")
 @auditable(lambda name: name in _prompt_names(),
            lambda name, ctx: {"items": ctx.forget, "transform": name, "seed": ctx.seed, "fmt": ctx.fmt},

@@ -10,15 +10,14 @@ import typer
 
 from ..attacks.files import CollapseConfig, ProbeConfig, PromptsConfig, QuantizeConfig, RelearnConfig
 from ..cli_options import config_command
+from ..report.render import console as _term
 
 _OVERWRITE = typer.Option(False, "--overwrite", help="replace an earlier amnesiac output at --out")
 _DEVICE = typer.Option("auto", help="auto (CUDA if available) | cpu | cuda | cuda:N")
 
 
 def _console():
-    from rich.console import Console
-
-    return Console()
+    return _term()
 
 
 def quantize_cmd(model: Path = typer.Option(..., "--model", help="model folder (or .gguf) to quantize"),

@@ -8,6 +8,7 @@ import typer
 
 from ..audit import AuditConfig
 from ..cli_options import config_command
+from ..report.render import console as _term
 
 
 def audit_cmd(target: Path = typer.Option(..., help="model before unlearning (HF dir or .gguf)"),
@@ -24,8 +25,6 @@ def audit_cmd(target: Path = typer.Option(..., help="model before unlearning (HF
     Every AuditConfig field is an option (amnesiac/audit.py); the verdict rule is docs/science.md §7."""
     import dataclasses
 
-    from rich.console import Console
-
     from .. import audit as A
     from ..data import load_dataset
     from ..report.audit_report import print_audit, write_audit_report
@@ -36,8 +35,8 @@ def audit_cmd(target: Path = typer.Option(..., help="model before unlearning (HF
                  holdout=load_dataset(holdout) if holdout else None, config=cfg)
     summary = au.run()
     paths = write_audit_report(summary, out)
-    print_audit(summary, Console())
-    Console().print(f"wrote {out / 'summary.json'}, {paths['md']}, {paths['html']}")
+    print_audit(summary, _term())
+    _term().print(f"wrote {out / 'summary.json'}, {paths['md']}, {paths['html']}")
 
 
 def register(app: typer.Typer) -> None:

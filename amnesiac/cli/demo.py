@@ -7,6 +7,7 @@ import typer
 
 from ..cli_options import config_command
 from ..demo import DemoConfig
+from ..report.render import console as _term
 
 
 def demo_cmd(out: Path = typer.Option(Path("demo"), help="output folder"), config: DemoConfig = None):
@@ -14,12 +15,11 @@ def demo_cmd(out: Path = typer.Option(Path("demo"), help="output folder"), confi
 
     Every DemoConfig field is an option (amnesiac/demo.py). --smollm2 also adds the SmolLM2-135M rows (a real
     Q4_1 release; needs `amnesiac models fetch smollm2`; reuses `amnesiac reproduce smollm2`'s cache)."""
-    from rich.console import Console
 
     from ..demo import run_demo
     from ..report.demo_report import print_table
 
-    c = Console()
+    c = _term()
     extend = None
     if config.smollm2:  # two experiments side by side, composed here: the SmolLM2 rows join the demo's summary
         from ..reproduce.smollm2 import resolve_model

@@ -8,6 +8,7 @@ import typer
 
 from ..cli_options import config_command
 from ..evaluate import EvalConfig
+from ..report.render import console as _term
 
 
 def eval_cmd(model: Path = typer.Option(..., "--model", help="the model: a folder, .gguf, hub id in the local cache, "
@@ -32,12 +33,11 @@ def eval_cmd(model: Path = typer.Option(..., "--model", help="the model: a folde
              config: EvalConfig = None):
     """Evaluate one model: every registered metric that applies to the data (TOFU, MUSE, MIA, memorisation;
     docs/science.md §5)."""
-    from rich.console import Console
     from rich.table import Table
 
     from ..eval_run import run_eval
 
-    console = Console()
+    console = _term()
     parts = dict(retain=retain, holdout=holdout, real_authors=real_authors, world_facts=world_facts,
                  forget_text=forget_text, holdout_text=holdout_text)
     res, meta = run_eval(model, data, out, config, parts, auto=auto, retrained=retrained, reference=reference,

@@ -5,6 +5,7 @@ import importlib
 from typing import Optional
 
 import typer
+from ..report.render import console as _term
 
 # Packages whose import fills the registries; the verdict's `recovery` metric registers itself.
 REGISTERING = ["amnesiac.data", "amnesiac.metrics", "amnesiac.metrics.recovery", "amnesiac.unlearn", "amnesiac.attacks"]
@@ -23,7 +24,6 @@ def load_all() -> dict:
 def ls_cmd(kind: Optional[str] = typer.Argument(None, help="datasets | metrics | unlearn_methods | regularizers | attacks "
                                                            "(default: all)")):
     """List what is registered: data sets, metrics, unlearning methods, regularisers, attacks."""
-    from rich.console import Console
     from rich.table import Table
 
     from ..errors import check_choice
@@ -36,7 +36,7 @@ def ls_cmd(kind: Optional[str] = typer.Argument(None, help="datasets | metrics |
         t.add_column("description")
         for name, obj in sorted(tables[k].items()):
             t.add_row(name, (getattr(obj, "description", None) or (obj.__doc__ or "")).strip().split("\n")[0])
-        Console().print(t)
+        _term().print(t)
 
 
 def register(app: typer.Typer) -> None:

@@ -11,12 +11,11 @@ import typer
 from ..cli_options import config_command
 from ..data.facts import FactsConfig
 from ..models.tiny import PrepareConfig
+from ..report.render import console as _term
 
 
 def _console():
-    from rich.console import Console
-
-    return Console()
+    return _term()
 
 
 def prepare_cmd(force: bool = typer.Option(False, help="rebuild even when cached"), config: PrepareConfig = None):

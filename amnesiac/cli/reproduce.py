@@ -10,18 +10,18 @@ import typer
 from ..cli_options import config_command
 from ..reproduce.smollm2 import SmolConfig
 from ..reproduce.tofu import TofuConfig
+from ..report.render import console as _term
 
 
 def tofu_cmd(out: Path = typer.Option(Path("tofu"), help="output folder (summary.json, report.md/html)"),
              config: TofuConfig = None):
     """TOFU's protocol in miniature on the real TOFU data: tiny target / retrained, unlearn, quantize, TOFU
     metrics, and the one verdict on forget ROUGE-L recall."""
-    from rich.console import Console
 
     from ..reproduce.tofu import run_tofu
     from ..reproduce.tofu_report import print_table
 
-    c = Console()
+    c = _term()
     config.check()  # before any model is built
     s = run_tofu(config, out, log=c.print)
     print_table(s, c)
@@ -36,12 +36,11 @@ def smollm2_cmd(out: Path = typer.Option(Path("reproduce-smollm2"), help="output
     """SmolLM2-135M as released (Q4_1): unlearn known facts (GA_GDR, NPO_KLR, + SURE), deploy at fp / Q4_1 /
     Q4_0 / Q8_0 / RTN / HQQ, measure recall with CIs and collapse diagnostics, sweep lr × steps. Cached: a
     rerun is fast and a killed run resumes."""
-    from rich.console import Console
 
     from ..reproduce.smollm2 import run_smollm2
     from ..reproduce.smollm2_report import print_summary
 
-    c = Console()
+    c = _term()
     config.check()  # before any model loads
     s = run_smollm2(config, out, log=c.print, cache=cache, figures_dir=figures_dir)
     print_summary(s, c)

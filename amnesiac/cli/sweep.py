@@ -9,6 +9,7 @@ import typer
 
 from ..cli_options import config_command
 from ..sweep import SweepOptions
+from ..report.render import console as _term
 
 
 def sweep_cmd(target: Optional[Path] = typer.Option(None, help="model to unlearn (default: the prepared tiny target of "
@@ -21,11 +22,10 @@ def sweep_cmd(target: Optional[Path] = typer.Option(None, help="model to unlearn
               options: SweepOptions = None):
     """The paper's learning-rate figure (forget/retain recall vs lr at each precision, collapse rate vs lr), or
     with --grid-offset recovery vs how far the target sits off the release grid."""
-    from rich.console import Console
 
     from ..sweep import sweep
 
-    c = Console()
+    c = _term()
     s, out = sweep(options, target, forget, retain, out, scenario=scenario, log=c.print)
     if options.grid_offset is not None:
         for r in s["rows"]:

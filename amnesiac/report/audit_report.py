@@ -49,11 +49,11 @@ def _colour(verdict: str) -> str:
 
 
 def print_audit(summary: dict, console=None) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    # a log file or pipe is not a terminal: rich would wrap every cell to its default 80 columns
-    console = console or (Console() if Console().is_terminal else Console(width=240))
+    from .render import console as terminal
+
+    console = console or terminal()
     rows = recovery_table(summary)
     keep = [j for j in range(len(rows[0])) if j == 0 or any(r[j] != "-" for r in rows[1:])]  # no all-empty columns
     t = Table(title=f"audit: forget-set knowledge under each attack ({summary['verdict']['metric']})")
@@ -68,6 +68,8 @@ def print_audit(summary: dict, console=None) -> None:
     if fp is not None and fp.get("target_fp") is not None:  # a PASS means little when nothing was forgotten
         console.print(f"forgetting at full precision: target {fp['target_fp']:.3f} → unlearned {fp['value']:.3f} "
                       f"(kept {fp['recovery_ratio']:.0%} of the target's level)")
+    for name, why in (summary.get("skipped_attacks") or {}).items():
+        console.print(f"skipped {name}: {why}")
     console.print(f"[bold {_colour(v['verdict'])}]{v['verdict']}[/]: {v['reason']}")
 
 

@@ -64,3 +64,14 @@ def write_report(out_dir: str | Path, title: str, sections: list[Section], stem:
     atomic_write_text(paths["md"], "\n".join(md) + "\n")
     atomic_write_text(paths["html"], "\n".join(h) + "\n")
     return paths
+
+
+def console():
+    """The CLI's rich console. Written to a file or pipe (a log, CI), rich would wrap every table cell at its
+    80-column default; there the console is wide unless $COLUMNS says otherwise."""
+    import os
+
+    from rich.console import Console
+
+    c = Console()
+    return c if c.is_terminal or "COLUMNS" in os.environ else Console(width=200)
