@@ -240,9 +240,11 @@ class Audit:
         attacks, skipped = available_attacks(cfg.attack_list())
         from .attacks.prompts import inapplicable
 
-        for n in [a for a in attacks if inapplicable(a, self.forget, cfg.seed)]:
-            attacks.remove(n)
-            skipped[n] = inapplicable(n, self.forget, cfg.seed)
+        for n in list(attacks):
+            why = inapplicable(n, self.forget, cfg.seed)
+            if why:
+                attacks.remove(n)
+                skipped[n] = why
         if "fp" not in attacks:
             attacks = ["fp", *attacks]  # every floor and the verdict's target check need full precision
         # a quantization-aware model (unlearn --robust-to) ships in the format it was trained through: that

@@ -11,3 +11,15 @@ def machine() -> dict:
     return {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "load_average": list(os.getloadavg()),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "versions": versions()}
+
+
+def cli_env(home, threads: int | None) -> dict:
+    """Environment of a timed `amnesiac` subprocess: its own $AMNESIAC_HOME; OMP_NUM_THREADS only when asked
+    (otherwise the CLI's own thread choice, what a user gets)."""
+    import os
+
+    env = {**os.environ, "AMNESIAC_HOME": str(home)}
+    env.pop("OMP_NUM_THREADS", None)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return env

@@ -13,7 +13,6 @@ With --warm-only --home DIR, only the warm run is timed against an existing home
 The demo uses both cores for minutes: run it alone (flock /tmp/amnesiac_cpu.lock python benchmarks/demo_time.py).
 """
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
@@ -22,14 +21,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _machine import machine  # noqa: E402
+from _machine import cli_env, machine  # noqa: E402
 
 
 def timed_demo(home: Path, out: Path, threads: int | None, extra: list[str]) -> dict:
-    env = {**os.environ, "AMNESIAC_HOME": str(home)}
-    env.pop("OMP_NUM_THREADS", None)
-    if threads is not None:
-        env["OMP_NUM_THREADS"] = str(threads)
+    env = cli_env(home, threads)
     cmd = [sys.executable, "-m", "amnesiac.cli", "demo", "--out", str(out), *extra]
     t = time.perf_counter()
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)

@@ -10,7 +10,6 @@ it keeps the CPU busy for many minutes. Budgets (issue "Speed and scale"): smoll
 """
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -19,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _machine import machine  # noqa: E402
+from _machine import cli_env, machine  # noqa: E402
 
 
 def main():
@@ -42,10 +41,7 @@ def main():
                 raise SystemExit(f"SmolLM2 is not fetched at {src}: run `amnesiac models fetch smollm2` first")
             (home / "models").mkdir(parents=True)
             (home / "models" / src.name).symlink_to(src)
-        env = {**os.environ, "AMNESIAC_HOME": str(home)}
-        env.pop("OMP_NUM_THREADS", None)
-        if a.threads is not None:
-            env["OMP_NUM_THREADS"] = str(a.threads)
+        env = cli_env(home, a.threads)
         out = Path(d) / "out"
         cmd = [sys.executable, "-m", "amnesiac.cli", "reproduce", a.protocol, "--out", str(out), *a.extra]
         t = time.perf_counter()
