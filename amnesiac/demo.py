@@ -46,6 +46,10 @@ class DemoConfig:
     # release grid (rtn4_g64 = RELEASE_GRID), early stop on the quantized model's forget recall
     robust: bool = True  # also the quantization-aware *_ROBUST variants
     robust_to: str = "rtn4_g64"  # the format the *_ROBUST variants train through (the release grid)
+    # unlearning precisions (docs/science.md §1c): float32 is today's recipe; bfloat16 unlearns as the seed paper's
+    # code does (bf16 weights and AdamW states, no fp32 master, constant lr), bf16-mixed keeps fp32 master weights.
+    # Each extra precision adds a row per plain method (METHOD_BF16 / METHOD_BF16MIX) in every scenario.
+    unlearn_precisions: tuple[str, ...] = ("float32",)
     max_steps: int = 200  # optimizer steps per unlearning run at most
     early_stop: float = 0.25  # stop once monitor forget recall ≤ 25 % of the target's
     batch_size: int = 8  # unlearning batch size
@@ -81,6 +85,11 @@ class DemoConfig:
             raise UserError("no unlearning method given", "e.g. --methods npo_klr,ga_gdr")
         for m in self.methods:
             UnlearnConfig(method=m)  # an unknown method fails here, naming the available ones
+        if "float32" not in self.unlearn_precisions:
+            raise UserError(f"unlearn_precisions {list(self.unlearn_precisions)} lacks float32",
+                            "the other precisions are rows next to the float32 ones, e.g. float32,bfloat16")
+        for p in self.unlearn_precisions:
+            UnlearnConfig(precision=p)  # names the available precisions
         for name, lrs in (("lrs", self.lrs), ("sure_lrs", self.sure_lrs)):
             if not lrs:
                 raise UserError(f"{name}: give at least one learning rate")
@@ -103,12 +112,16 @@ def _quantizer(name: str):
     return quantizer_from_name(name)
 
 
+PRECISION_TAG = {"float32": "", "bfloat16": "_bf16", "bf16-mixed": "_bf16mix"}  # row-name suffix per precision
+
+
 def run_unlearning(target: Path, method: str, sure: bool, cfg: DemoConfig, forget, retain, log=print,
-                   robust: bool = False) -> Path:
+                   robust: bool = False, precision: str = "float32") -> Path:
     """Unlearn at the smallest lr of the ladder that reaches the early-stop threshold (each run cached by content,
-    runs.cached_unlearn). robust: quantization-aware through cfg.robust_to (the monitor sees the quantized model)."""
+    runs.cached_unlearn). robust: quantization-aware through cfg.robust_to (the monitor sees the quantized model).
+    precision: unlearn.UnlearnConfig.precision (float32 adds no option, so its cache keys are unchanged)."""
     out = None
-    tag = method + ("_sure" if sure else "") + ("_robust" if robust else "")
+    tag = method + ("_sure" if sure else "") + ("_robust" if robust else "") + PRECISION_TAG[precision]
     for lr in (cfg.sure_lrs if sure else cfg.lrs):
         opts = dict(method=method, lr=lr, max_steps=cfg.max_steps, schedule="constant",
                     batch_size=cfg.batch_size, seed=cfg.seed, early_stop_recall=cfg.early_stop, early_stop_relative=True,
@@ -117,6 +130,8 @@ def run_unlearning(target: Path, method: str, sure: bool, cfg: DemoConfig, forge
             opts["sure_percentile"] = cfg.sure_percentile
         if robust:
             opts["robust_to"] = cfg.robust_to
+        if precision != "float32":
+            opts["precision"] = precision
         opts.update(cfg.template_kw())
         out = cached_unlearn(target, forget, retain, opts, target.parent / "unlearned", tag=tag,
                              log=lambda m: log(f"[demo] {m}"))
@@ -131,10 +146,13 @@ def deployments(cfg: DemoConfig) -> dict[str, str]:
 
 
 def eval_row(model_dir: Path, forget, retain, cfg: DemoConfig, cache_dir: Path, target_dir: Path | None = None,
-             scoring=None, calib_texts: list[str] | None = None) -> dict:
+             scoring=None, calib_texts: list[str] | None = None, precision: str = "float32") -> dict:
     """measure() at every deployment (runs.cached_measure: keyed by content; calibrated ones on `calib_texts`)
     without the truth ratio, which no demo table reads (it would be ~6/7 of the scoring time)
-    + collapse diagnostics at 4 bits vs the scenario's target (cached by both models' content)."""
+    + collapse diagnostics at 4 bits vs the scenario's target (cached by both models' content); a model unlearned
+    in pure bf16 is compared with the target cast to bf16, where its run started (runs.reference_dtype)."""
+    from .runs import reference_dtype
+
     from .attacks.quant.spec import is_calibrated
     from .measure import scoring_for
     from .models import load_model
@@ -153,14 +171,16 @@ def eval_row(model_dir: Path, forget, retain, cfg: DemoConfig, cache_dir: Path, 
                                                   calib_texts=calib_texts if name != "fp" and is_calibrated(name) else None)
                                 for p, name in deployments(cfg).items()}}
     if target_dir is not None:
-        cp = cache_dir / f"collapse-{hash_obj([content_key(model_dir), content_key(target_dir), PRECISIONS['4bit']])}.json"
+        tdt = reference_dtype(precision)
+        key = [content_key(model_dir), content_key(target_dir), PRECISIONS["4bit"]] + ([str(tdt)] if tdt else [])
+        cp = cache_dir / f"collapse-{hash_obj(key)}.json"
         if cp.exists():
             row.update(read_json(cp))
         else:
             from .attacks.collapse import collapse_diagnostics
 
             t, _ = load_model(target_dir, device="cpu")
-            d = collapse_diagnostics(t, loaded()[0], _quantizer(PRECISIONS["4bit"]))
+            d = collapse_diagnostics(t, loaded()[0], _quantizer(PRECISIONS["4bit"]), target_dtype=tdt)
             c = {"collapse": {k: d["overall"][k] for k in ("collapse_rate", "drift_kept", "mean_abs_dw_over_step",
                                                            "grid_offset_mean") if k in d["overall"]},
                  "collapse_per_layer": {k: v["collapse_rate"] for k, v in d["layers"].items()}}
@@ -209,17 +229,20 @@ def _run_demo(cfg: DemoConfig | None, out: Path, log, extend=None) -> dict:
     metric = scoring.metric
     for sc in cfg.scenarios:
         mods = scenario_models(paths, sc, log)
-        entries = [("target", mods["target"], None), ("retrained", mods["retrained"], None)]
-        variants = [(False, False)] + ([(True, False)] if cfg.sure else []) + ([(False, True)] if cfg.robust else [])
+        entries = [("target", mods["target"], None, "float32"), ("retrained", mods["retrained"], None, "float32")]
+        variants = ([(False, False, "float32")] + ([(True, False, "float32")] if cfg.sure else [])
+                    + ([(False, True, "float32")] if cfg.robust else [])
+                    + [(False, False, p) for p in cfg.unlearn_precisions if p != "float32"])
         for meth in cfg.methods:
-            for sure, robust in variants:
+            for sure, robust, prec in variants:
                 s = time.time()
-                u = run_unlearning(mods["target"], meth, sure, cfg, forget, retain_all, log, robust=robust)
-                tag = ("_sure" if sure else "") + ("_robust" if robust else "")
+                u = run_unlearning(mods["target"], meth, sure, cfg, forget, retain_all, log, robust=robust,
+                                   precision=prec)
+                tag = ("_sure" if sure else "") + ("_robust" if robust else "") + PRECISION_TAG[prec]
                 times[f"{sc}/{meth}{tag}"] = round(time.time() - s, 1)
-                entries.append((meth.upper() + tag.upper(), u, mods["target"]))
-        for name, mdir, tdir in entries:
-            r = eval_row(mdir, forget, retain, cfg, cache, tdir, scoring, calib)
+                entries.append((meth.upper() + tag.upper(), u, mods["target"], prec))
+        for name, mdir, tdir, prec in entries:
+            r = eval_row(mdir, forget, retain, cfg, cache, tdir, scoring, calib, precision=prec)
             raw[(sc, name)] = r
             info = read_json(mdir / "unlearn.json") if (mdir / "unlearn.json").exists() else {}
             for p, k in r["precisions"].items():
@@ -232,6 +255,8 @@ def _run_demo(cfg: DemoConfig | None, out: Path, log, extend=None) -> dict:
                              "drift_kept": r.get("collapse", {}).get("drift_kept") if p == "4bit" else None,
                              "mean_abs_dw_over_4bit_step": r.get("collapse", {}).get("mean_abs_dw_over_step") if p == "4bit" else None,
                              "steps": info.get("steps"), "lr": info.get("config", {}).get("lr"),
+                             "unlearn_precision": prec if tdir is not None else None,
+                             "rounded_away": (info.get("rounded_away") or {}).get("mean"),
                              "stopped_early": info.get("stopped_early"), "model": str(mdir)})
     verdicts = demo_verdicts(rows, raw, cfg, metric, scoring.reason)
     summary = {"schema": "amnesiac.demo/1", "config": cfg.__dict__, "rows": rows, "verdicts": verdicts,

@@ -26,6 +26,9 @@ CALIBRATED = {
     "awq4": "awq4_g128",
     "gptq8": "gptq8_g128",
     "awq8": "awq8_g128",
+    # GPTQ on the release grid's own format (symmetric, group 64): separates the algorithm (error feedback,
+    # grids from updated weights) from the grid, which group 128 changes as well
+    "gptq4_g64": "gptq4_g64",
 }
 SCENARIOS = ("trained", "released-quantized")
 

@@ -46,6 +46,26 @@ def median_step(model, quantizer) -> float:
     return float(torch.cat(steps).median())
 
 
+def noisy_copy(model, seed: int):
+    """Noise-fragility control: a copy whose Linear weights move by U(−½, ½)·Δ each (Δ: the weight's own release-grid
+    step, rtn4_g64), the size of 4-bit rounding's error but in a random direction — not back toward any grid
+    point. If knowledge returned under this too, recovery would be fragility to any perturbation, not snap-back."""
+    import copy
+
+    from amnesiac.attacks.quant.apply import select_weights
+    from amnesiac.attacks.quant.spec import quantizer_from_name
+
+    q = quantizer_from_name(DEPLOY["4bit"])
+    m = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, w in select_weights(m, True):
+            step = q.quantize(w.detach().float()).step_flat()
+            u = torch.rand(w.shape, generator=g, dtype=torch.float32) - 0.5
+            w.copy_((w.float() + u * step).to(w.dtype))
+    return m
+
+
 def where(target, model, precision: str) -> dict:
     """Where the update went, on the release and the foreign grid; a bf16 run also vs the plain float32 target."""
     from amnesiac.attacks.collapse import collapse_diagnostics
@@ -109,7 +129,19 @@ def run(a) -> dict:
                 held.append(load_model(mdir, device="cpu"))
             return held[0]
 
-        return {k: cached_measure(mdir, v, sets, scoring, root / "cache", loaded=loaded) for k, v in DEPLOY.items()}
+        ev = {k: cached_measure(mdir, v, sets, scoring, root / "cache", loaded=loaded) for k, v in DEPLOY.items()}
+        if a.noise:
+            from amnesiac.runs import items_key
+            from amnesiac.measure import measure
+
+            cp = root / "cache" / f"noise-{hash_obj([content_key(mdir), DEPLOY['4bit'], a.seed, scoring.to_json(), {k: items_key(v) for k, v in sets.items()}])}.json"
+            if cp.exists():
+                ev["noise"] = read_json(cp)
+            else:
+                m, tok = loaded()
+                ev["noise"] = measure(noisy_copy(m, a.seed), tok, sets, scoring)
+                write_json(cp, ev["noise"])
+        return ev
 
     def recalls(ev: dict) -> dict:
         out = {}
@@ -119,7 +151,7 @@ def run(a) -> dict:
             out[k] = {"forget": float(f.mean()), "forget_ci": [lo, hi], "forget_items": f.tolist(),
                       "retain": float(np.mean(r["retain"][metric]))}
         fp = np.asarray(ev["fp"]["forget"][metric], dtype=float)
-        for k in ("8bit", "4bit", "4bit_foreign"):  # recovery: deployed − full precision, same items
+        for k in [d for d in ("8bit", "4bit", "4bit_foreign", "noise") if d in ev]:  # recovery: deployed − fp, same items
             out[k]["gain_vs_fp"] = paired_bootstrap_ci(fp, np.asarray(ev[k]["forget"][metric], dtype=float),
                                                        n_resamples=a.n_boot, seed=a.seed)
         return out
@@ -128,19 +160,20 @@ def run(a) -> dict:
     rows: list[dict] = []
     summary: dict = {}
 
-    def point(m: str, rho: float, prec: str, stop_at: float | None = None) -> dict:
-        """One unlearning run + its measurements. stop_at: an absolute early-stop recall (the matched control)."""
+    def point(m: str, rho: float, prec: str, stop_at: float | None = None, long: bool = False) -> dict:
+        """One unlearning run + its measurements. stop_at: an absolute early-stop recall (the matched control);
+        long: the step cap is --long-steps instead of --max-steps (a separate run, cached under its own tag)."""
         nonlocal summary
         lr = float(f"{rho * delta / 256:.3g}")
-        opts = dict(method=m, lr=lr, max_steps=a.max_steps, schedule="constant", batch_size=8, seed=a.seed,
-                    early_stop_recall=0.25, early_stop_relative=True, early_stop_every=4,
+        opts = dict(method=m, lr=lr, max_steps=a.long_steps if long else a.max_steps, schedule="constant",
+                    batch_size=8, seed=a.seed, early_stop_recall=0.25, early_stop_relative=True, early_stop_every=4,
                     monitor_size=len(forget), track_rounding=True)
         if stop_at is not None:
             opts.update(early_stop_recall=stop_at, early_stop_relative=False)
         if prec != "float32":
             opts["precision"] = prec
-        label = prec + (" (matched)" if stop_at is not None else "")
-        tag = f"{m}-rho{rho:g}-{prec}" + ("-matched" if stop_at is not None else "")
+        label = prec + (" (long)" if long else "") + (" (matched)" if stop_at is not None else "")
+        tag = f"{m}-rho{rho:g}-{prec}" + ("-long" if long else "") + ("-matched" if stop_at is not None else "")
         if a.cached_only and not list((root / "models").glob(f"{target_dir.name}-{tag}-*/unlearn.json")):
             return None  # assemble what has been run, start nothing new
         s = time.time()
@@ -154,7 +187,8 @@ def run(a) -> dict:
         else:
             wh = where(target, load_model(udir, device="cpu")[0], prec)
             write_json(cp, wh)
-        rows.append({"method": m, "rho": rho, "lr": lr, "precision": label, "steps": info["steps"],
+        rows.append({"method": m, "rho": rho, "lr": lr, "precision": label, "long": long, "steps": info["steps"],
+                     "max_steps": opts["max_steps"],
                      "stopped_early": info["stopped_early"], "early_stop_at": opts["early_stop_recall"],
                      "early_stop_relative": opts["early_stop_relative"], "train_wall_s": round(info["train_wall_s"], 1),
                      "s_per_step": round(info["train_wall_s"] / max(info["steps"], 1), 3),
@@ -180,16 +214,24 @@ def run(a) -> dict:
             point(m, rho, "float32")
             r = point(m, rho, "bfloat16")
             if r is not None and not r["stopped_early"] and r["recall"]["fp"]["forget"] < t_fp:
-                capped.append((rho, r["recall"]["fp"]["forget"]))
+                capped.append((rho, r["recall"]["fp"]["forget"], False))
         for rho in a.mixed_rhos:
             point(m, rho, "bf16-mixed")
         # matched control: a bf16 run that never reached the early stop is compared with float32 at the same lr
         # stopped at the same full-precision forget recall (recovery depends on how far unlearning went)
-        for rho, f in capped:
+        # long bf16 runs at small ρ: does a run that is let go on until it forgets keep its update in the zero
+        # bin, and does re-quantizing then bring the knowledge back? (the paper trains for epochs at ρ ≈ 0.2)
+        for rho in a.long_rhos:
+            r = point(m, rho, "bfloat16", long=True)
+            if r is not None and not r["stopped_early"] and r["recall"]["fp"]["forget"] < t_fp:
+                capped.append((rho, r["recall"]["fp"]["forget"], True))
+        for rho, f, long in capped:
             ctrl = point(m, rho, "float32", stop_at=round(f, 4))
             if ctrl is None:
                 continue
-            bf = next(r for r in rows if r["method"] == m and r["rho"] == rho and r["precision"] == "bfloat16")
+            want = "bfloat16 (long)" if long else "bfloat16"
+            bf = next(r for r in rows if r["method"] == m and r["rho"] == rho and r["precision"] == want)
+            ctrl["matched_to"] = want
             ctrl["bf16_minus_float32_recovery"] = {
                 dep: excess_recovery(bf["recall"], ctrl["recall"], dep, a.n_boot, a.seed) for dep in ("4bit", "4bit_foreign")}
             write_json(OUT, summary)
@@ -233,6 +275,13 @@ def plot(summary: dict) -> None:
             d = r["recall"]["4bit"]["gain_vs_fp"]
             ax2.plot([r["rho"]], [d["diff"]], marker="x", ms=8, ls="none", color=colour["4bit"],
                      label="float32 stopped at the bf16 run's recall, 4bit − fp")
+        for r in (r for r in summary["rows"] if r["method"] == m and r["precision"] == "bfloat16 (long)"):
+            for dep in ("fp", "4bit", "4bit_foreign"):
+                ax.plot([r["rho"] * 1.08], [r["recall"][dep]["forget"]], marker="s", ms=6, ls="none", mfc="none",
+                        color=colour[dep], label=f"bfloat16, {r['max_steps']}-step cap, {dep}")
+            d = r["recall"]["4bit"]["gain_vs_fp"]
+            ax2.plot([r["rho"] * 1.08], [d["diff"]], marker="s", ms=6, ls="none", mfc="none", color=colour["4bit"],
+                     label=f"bfloat16, {r['max_steps']}-step cap, 4bit − fp")
         t = summary["target_row"]["recall"]["fp"]["forget"]
         ax.axhline(t, color="grey", lw=0.8)
         ax2.axhline(0, color="grey", lw=0.8)
@@ -254,8 +303,8 @@ def plot(summary: dict) -> None:
 
 def table(summary: dict) -> str:
     lines = ["| method | ρ | lr | precision | steps | forget fp | 8-bit | 4-bit (release) | 4-bit (foreign) | "
-             "4-bit − fp (CI) | retain fp | changed | L1 in zero bin | rounded away/step |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "4-bit − fp (CI) | noise − fp (CI) | retain fp | changed | L1 in zero bin | rounded away/step |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def pct(x, nd):
         return "-" if x is None else f"{100 * x:.{nd}f}%"
@@ -263,22 +312,29 @@ def table(summary: dict) -> str:
     def ci(d):
         return f"{d['forget']:.2f} [{d['forget_ci'][0]:.2f}, {d['forget_ci'][1]:.2f}]"
 
+    def noise(rc):
+        if "noise" not in rc:
+            return "-"
+        g = rc["noise"]["gain_vs_fp"]
+        return f"{g['diff']:+.2f} [{g['low']:+.2f}, {g['high']:+.2f}]"
+
     for r in sorted(summary["rows"], key=lambda r: (r["method"], r["rho"], r["precision"])):
         rc, w = r["recall"], r["where"]["4bit"]
         g = rc["4bit"]["gain_vs_fp"]
         ra = (r.get("rounded_away") or {}).get("mean")
         lines.append(f"| {r['method']} | {r['rho']:g} | {r['lr']:.3g} | {r['precision']} | {r['steps']}"
                      f"{'' if r['stopped_early'] else ' (cap)'} | {ci(rc['fp'])} | {ci(rc['8bit'])} | {ci(rc['4bit'])} | "
-                     f"{ci(rc['4bit_foreign'])} | {g['diff']:+.2f} [{g['low']:+.2f}, {g['high']:+.2f}] | {rc['fp']['retain']:.2f} | "
+                     f"{ci(rc['4bit_foreign'])} | {g['diff']:+.2f} [{g['low']:+.2f}, {g['high']:+.2f}] | {noise(rc)} | "
+                     f"{rc['fp']['retain']:.2f} | "
                      f"{100 * w['changed_fraction']:.1f}% | "
                      f"{pct(w['update_l1_in_zero_bin'], 0)} | {pct(ra, 1)} |")
     ex = [r for r in summary["rows"] if "bf16_minus_float32_recovery" in r]
     if ex:
-        lines += ["", "| method | ρ | bf16 recovery − matched float32 recovery, 4-bit release (CI) | foreign 4-bit (CI) |",
-                  "|---|---|---|---|"]
+        lines += ["", "| method | ρ | bf16 run | bf16 recovery − matched float32 recovery, 4-bit release (CI) | "
+                  "foreign 4-bit (CI) |", "|---|---|---|---|---|"]
         for r in ex:
             e = r["bf16_minus_float32_recovery"]
-            lines.append(f"| {r['method']} | {r['rho']:g} | " + " | ".join(
+            lines.append(f"| {r['method']} | {r['rho']:g} | {r.get('matched_to', 'bfloat16')} | " + " | ".join(
                 f"{e[d]['diff']:+.2f} [{e[d]['low']:+.2f}, {e[d]['high']:+.2f}]" for d in ("4bit", "4bit_foreign")) + " |")
     return "\n".join(lines)
 
@@ -289,15 +345,19 @@ def main():
     ap.add_argument("--rhos", default="0.5,1,2,0.25,4")  # run order (0.1: add when time allows)
     ap.add_argument("--mixed-rhos", default="0.5,1")
     ap.add_argument("--max-steps", type=int, default=500)
+    ap.add_argument("--long-rhos", default="", help="bf16 points also run with --long-steps (e.g. 0.25,0.5)")
+    ap.add_argument("--long-steps", type=int, default=2000)
     ap.add_argument("--max-retain", type=int, default=100)
     ap.add_argument("--n-boot", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--noise", action="store_true", help="also the noise-fragility control: U(−½, ½)·Δ(4-bit) per weight")
     ap.add_argument("--plot-only", action="store_true")
     ap.add_argument("--cached-only", action="store_true", help="only the points already unlearned (no new runs)")
     a = ap.parse_args()
     a.methods = [m for m in a.methods.split(",") if m]
     a.rhos = [float(x) for x in a.rhos.split(",") if x]
     a.mixed_rhos = [float(x) for x in a.mixed_rhos.split(",") if x]
+    a.long_rhos = [float(x) for x in a.long_rhos.split(",") if x]
     if a.plot_only:
         from amnesiac.io import read_json
 

@@ -10,6 +10,7 @@ it keeps the CPU busy for many minutes. Budgets (issue "Speed and scale"): smoll
 """
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,6 +27,7 @@ def main():
     ap.add_argument("protocol", choices=["smollm2", "tofu"])
     ap.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS (default: the CLI's own choice)")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--keep", default=None, help="copy the protocol's output folder (tables, summary) here")
     ap.add_argument("extra", nargs="*", help="extra `amnesiac reproduce` options (after --)")
     a = ap.parse_args()
     from amnesiac.io import amnesiac_home, write_json
@@ -50,9 +52,12 @@ def main():
         if r.returncode != 0:
             raise SystemExit(f"reproduce failed (exit {r.returncode}):\n{r.stderr[-3000:]}")
         summary = json.loads((out / "summary.json").read_text())
+        if a.keep:
+            shutil.copytree(out, a.keep, dirs_exist_ok=True)
         rec = {"benchmark": "reproduce_time", "protocol": a.protocol, "threads": a.threads, "extra_options": a.extra,
                "cold_wall_s": round(wall, 1), "summary_wall_s": summary.get("wall_s"),
-               "verdict": (summary.get("verdict") or {}).get("verdict"),
+               "verdict": (summary.get("verdict") or {}).get("verdict")
+               or {sc: v.get("verdict") for sc, v in (summary.get("verdicts") or {}).items()} or None,
                "cli_threads": (summary.get("versions") or {}).get("torch_threads"),
                "stdout_tail": r.stdout.splitlines()[-3:], "machine": machine(),
                "when": datetime.now(timezone.utc).isoformat(timespec="seconds")}

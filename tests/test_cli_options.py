@@ -120,6 +120,7 @@ def test_comma_lists_parse_back_to_the_field_type():
     (["--scenarios", "trained,bogus"], "bogus"),
     (["--robust-to", "q9_9"], "q9_9"),
     (["--size", "huge"], "huge"),
+    (["--unlearn-precisions", "float32,fp8"], "fp8"),
 ])
 def test_demo_options_refused_before_work(args, needle, tmp_path):
     r = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "d"), *args])

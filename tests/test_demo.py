@@ -175,3 +175,46 @@ def test_demo_smollm2_composes_through_the_extend_hook(monkeypatch, tmp_path):
         r = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "d"), flag])
         assert r.exit_code == 0, r.output
         assert seen["extend"] is want and seen["cfg"].smollm2 == (want is not None)
+
+
+def test_demo_unlearns_in_bf16_next_to_float32(trained_tiny, tok, qa_people, tmp_path):
+    """--unlearn-precisions float32,bfloat16: a bf16 row per plain method (the seed paper's recipe), its own cached
+    run with precision=bfloat16 in unlearn.json, its collapse diagnostics against the bf16 cast of the target
+    (where the run started), and the float32 run's recipe — hence its cache key — unchanged."""
+    import copy
+
+    from amnesiac.demo import eval_row, run_unlearning
+    from amnesiac.io import read_json
+    from amnesiac.models import save_model
+
+    t = save_model(copy.deepcopy(trained_tiny), tok, tmp_path / "target")
+    forget, retain = qa_people["forget"][:6], qa_people["retain"][:12]
+    cfg = DemoConfig(lrs=(1e-2,), max_steps=2, batch_size=4, unlearn_precisions=("float32", "bfloat16"))
+
+    def q(*_):
+        return None
+
+    u32 = run_unlearning(t, "ga_gdr", False, cfg, forget, retain, q)
+    u16 = run_unlearning(t, "ga_gdr", False, cfg, forget, retain, q, precision="bfloat16")
+    assert "_bf16-" in u16.name and "_bf16" not in u32.name
+    info16, info32 = read_json(u16 / "unlearn.json"), read_json(u32 / "unlearn.json")
+    assert info16["config"]["precision"] == "bfloat16" and info32["config"]["precision"] == "float32"
+    assert info16["rounded_away"]["steps"] == 2 and 0 < info16["rounded_away"]["mean"] <= 1
+    # same recipe as a DemoConfig without the precision axis: the float32 run is the cached one
+    assert run_unlearning(t, "ga_gdr", False, DemoConfig(lrs=(1e-2,), max_steps=2, batch_size=4), forget, retain, q) == u32
+    r16 = eval_row(u16, forget, retain, cfg, tmp_path / "cache", t, precision="bfloat16")
+    r16_vs_fp32_target = eval_row(u16, forget, retain, cfg, tmp_path / "cache", t)
+    # against the float32 target the cast itself counts as an update: far less of it is rounded back
+    assert r16["collapse"]["collapse_rate"] > r16_vs_fp32_target["collapse"]["collapse_rate"]
+    assert len(list((tmp_path / "cache").glob("collapse-*.json"))) == 2
+
+
+def test_demo_refuses_bad_unlearn_precisions():
+    import pytest
+
+    from amnesiac.errors import UserError
+
+    with pytest.raises(UserError, match="fp8"):
+        DemoConfig(unlearn_precisions=("float32", "fp8"))
+    with pytest.raises(UserError, match="float32"):
+        DemoConfig(unlearn_precisions=("bfloat16",))

@@ -7,9 +7,10 @@ from . import plots
 from .render import Section, write_report
 
 COLS = ["fp", "8bit", "4bit", "3bit", "4bit_foreign"]
-CALIBRATED_COLS = ["gptq4", "awq4", "gptq8", "awq8"]
+CALIBRATED_COLS = ["gptq4", "awq4", "gptq8", "awq8", "gptq4_g64"]
 SHORT = {"fp": "fp", "8bit": "8b", "4bit": "4b", "3bit": "3b", "4bit_foreign": "4b*", "gptq4": "G4", "awq4": "A4",
-         "gptq8": "G8", "awq8": "A8"}
+         "gptq8": "G8", "awq8": "A8",
+         "gptq4_g64": "G4/64"}
 # the seed paper's layout: forget recall per quantizer family (columns) and bit width; RTN is the release grid
 PAPER = [("RTN 8", "8bit"), ("RTN 4", "4bit"), ("GPTQ 8", "gptq8"), ("GPTQ 4", "gptq4"), ("AWQ 8", "awq8"), ("AWQ 4", "awq4")]
 
@@ -83,8 +84,13 @@ def write_demo_report(summary: dict, out: Path) -> dict:
         f"Cells are forget / retain scores under {summary.get('scoring', {}).get('metric', 'exact_match')} "
         f"({summary.get('scoring', {}).get('reason', '')}). `4bit_foreign` is a different 4-bit grid "
         "(asymmetric, group 128)"
-        + ("; G4/A4/G8/A8 are GPTQ and AWQ at 4 and 8 bits (group 128), calibrated on the retain set"
+        + ("; G4/A4/G8/A8 are GPTQ and AWQ at 4 and 8 bits (group 128), calibrated on the retain set, and G4/64 "
+           "GPTQ 4-bit on the release grid's format (symmetric, group 64)"
            if summary["config"].get("calibrated") else "")
+        + ("; `_BF16` rows unlearn the way the seed paper's code does (bf16 weights and AdamW states, no fp32 "
+           "master copy), `_BF16MIX` rows with fp32 master weights and bf16 autocast, both on the same lr ladder "
+           "and early stop (docs/science.md §1c); a `_BF16` row's 4-bit diagnostics compare it with the target cast to bf16"
+           if any(p != "float32" for p in summary["config"].get("unlearn_precisions", ("float32",))) else "")
         + ". Verdict rule: docs/science.md §7 (paired bootstrap, Holm over every model × deployment of a scenario)."))]
     for sc in summary["config"]["scenarios"]:
         v = summary["verdicts"][sc]
