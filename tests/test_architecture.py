@@ -12,7 +12,7 @@ PKG = Path(__file__).resolve().parents[1] / "amnesiac"
 LAYERS = [
     (5, "cli/*"), (5, "cli_options.py"), (5, "__init__.py"),
     (5, "__main__.py"),
-    (4, "audit.py"), (4, "audit_results.py"), (4, "demo.py"), (4, "sweep.py"), (4, "sweep_offset.py"), (4, "reproduce/*"),
+    (4, "audit.py"), (4, "audit_config.py"), (4, "audit_results.py"), (4, "demo.py"), (4, "sweep.py"), (4, "sweep_offset.py"), (4, "reproduce/*"),
     (4, "report/audit_report.py"), (4, "report/demo_report.py"),
     (3, "measure.py"), (3, "runs.py"), (3, "scenarios.py"), (3, "evaluate.py"), (3, "eval_run.py"),
     (3, "metrics/recovery.py"),
@@ -23,7 +23,7 @@ LAYERS = [
 ]
 # experiments sit side by side: each with its own report module(s); none imports another's
 EXPERIMENTS = {
-    "audit": ["audit.py", "audit_results.py", "report/audit_report.py"],
+    "audit": ["audit.py", "audit_config.py", "audit_results.py", "report/audit_report.py"],
     "demo": ["demo.py", "report/demo_report.py"],
     "sweep": ["sweep.py", "sweep_offset.py"],
     "tofu": ["reproduce/tofu.py", "reproduce/tofu_models.py", "reproduce/tofu_report.py"],
