@@ -26,8 +26,9 @@ CALIBRATED = {
     "awq4": "awq4_g128",
     "gptq8": "gptq8_g128",
     "awq8": "awq8_g128",
-    # GPTQ on the release grid's own format (symmetric, group 64): separates the algorithm (error feedback,
-    # grids from updated weights) from the grid, which group 128 changes as well
+    # GPTQ at the release's group size (64): rules group size in or out as the reason GPTQ g128 recovers nothing.
+    # Not the release grid itself: GPTQ's symmetric grid has Δ = 2·max|w|/15 (zero point 8), the release's
+    # Δ = max|w|/7 (RTN sym), and GPTQ reads each group's grid off the error-updated weights
     "gptq4_g64": "gptq4_g64",
 }
 SCENARIOS = ("trained", "released-quantized")

@@ -339,6 +339,26 @@ def table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def where_table(summary: dict) -> str:
+    """Where the update went, on the release grid (bf16 runs vs the bf16-cast target): one row per bf16/float32
+    run (matched and bf16-mixed runs left out: float32 spreads its update like the plain float32 rows)."""
+    lines = ["| method | ρ | precision | weights changed | changed in zero bin | update L1 in zero bin | drift kept 4b | "
+             "codes unchanged 4b | \\|w_t\\|/Δ of changed weights: <¼ / ¼–½ / ½–1 / 1–2 / ≥2 |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(summary["rows"], key=lambda r: (r["method"], r["rho"], r["precision"])):
+        if r["precision"] not in ("float32", "bfloat16", "bfloat16 (long)"):
+            continue
+        w = r["where"]["4bit"]
+        h = w["target_over_step_changed_hist"]  # TARGET_EDGES: 0, ¼, ½, 1, 1.5, 2, 4, 8, ∞
+        n = max(sum(h), 1)
+        b = [h[0], h[1], h[2], h[3] + h[4], sum(h[5:])]
+        lines.append(f"| {r['method']} | {r['rho']:g} | {r['precision']} | {100 * w['changed_fraction']:.1f}% | "
+                     f"{100 * w['changed_in_zero_bin']:.0f}% | {100 * w['update_l1_in_zero_bin']:.0f}% | "
+                     f"{w['drift_kept']:.2f} | {100 * w['collapse_rate']:.1f}% | "
+                     + " / ".join(f"{100 * x / n:.0f}%" for x in b) + " |")
+    return "\n".join(lines)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--methods", default="npo_klr")
@@ -366,6 +386,8 @@ def main():
         summary = run(a)
     plot(summary)
     print(table(summary))
+    print()
+    print(where_table(summary))
 
 
 if __name__ == "__main__":

@@ -85,7 +85,8 @@ def write_demo_report(summary: dict, out: Path) -> dict:
         f"({summary.get('scoring', {}).get('reason', '')}). `4bit_foreign` is a different 4-bit grid "
         "(asymmetric, group 128)"
         + ("; G4/A4/G8/A8 are GPTQ and AWQ at 4 and 8 bits (group 128), calibrated on the retain set, and G4/64 "
-           "GPTQ 4-bit on the release grid's format (symmetric, group 64)"
+           "GPTQ 4-bit at the release's group size 64 (GPTQ's symmetric grid, Δ = 2·max|w|/15: not the release's "
+           "max|w|/7)"
            if summary["config"].get("calibrated") else "")
         + ("; `_BF16` rows unlearn the way the seed paper's code does (bf16 weights and AdamW states, no fp32 "
            "master copy), `_BF16MIX` rows with fp32 master weights and bf16 autocast, both on the same lr ladder "
