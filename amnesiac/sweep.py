@@ -37,9 +37,15 @@ class SweepConfig(PromptOptions):  # the prompt format (template, chat_template,
     max_steps: int = 60
     batch_size: int = 8
     seed: int = 0
+    metric: str | None = None  # the recall metric (measure.METRICS); None: chosen from the data (measure.scoring_for)
 
     def check(self) -> None:
         self.prompt_format()  # a template without {question}, a system prompt without a chat template
+        if self.metric is not None:
+            from .measure import METRICS
+
+            if self.metric not in METRICS:
+                raise UserError(f"unknown metric {self.metric!r}; available: {', '.join(METRICS)}")
         bad = [b for b in self.bits if b not in BITS]
         if bad:
             raise UserError(f"unsupported bit widths {bad}; available: {sorted(BITS)} (16 = full precision)")
@@ -65,12 +71,13 @@ class SweepOptions(PromptOptions):
     robust_to: str | None = None  # quantization-aware runs through these formats (e.g. rtn4_g64)
     max_steps: int = SweepConfig.max_steps  # optimizer steps per run (no early stop: a fixed budget)
     seed: int = SweepConfig.seed  # unlearning seed; with --grid-offset also the offset directions
+    metric: str | None = None  # recall metric (e.g. rougeL_recall for chat answers); None: chosen from the data
 
     def config(self):
         """The checked SweepConfig, or OffsetSweepConfig when grid_offset is given (UserError on bad values)."""
         common = dict(method=self.method, sure_percentile=self.sure, robust_to=self.robust_to, max_steps=self.max_steps,
                       seed=self.seed, precision=list(self.precision), template=self.template, chat_template=self.chat_template,
-                      system_prompt=self.system_prompt)
+                      system_prompt=self.system_prompt, metric=self.metric)
         if self.grid_offset is not None:
             from .sweep_offset import OffsetSweepConfig
 
@@ -132,7 +139,7 @@ def _run_sweep(target: str | Path, forget, retain, out: str | Path, cfg: SweepCo
         raise UserError("the forget set is empty", "give a --forget set with at least one item")
     out, target = Path(out), Path(target)
     t0 = time.time()
-    scoring = scoring_for(forget)
+    scoring = scoring_for(forget, cfg.metric)
     metric = scoring.metric
     tmodel, tok = load_model(target, device="cpu")
     q4 = quantizer_from_name(BITS[4])

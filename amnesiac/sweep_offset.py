@@ -52,9 +52,15 @@ class OffsetSweepConfig(PromptOptions):  # the prompt format (template, chat_tem
     max_steps: int = 60
     batch_size: int = 8
     seed: int = 0
+    metric: str | None = None  # the recall metric (measure.METRICS); None: chosen from the data (measure.scoring_for)
 
     def check(self) -> None:
         self.prompt_format()  # a template without {question}, a system prompt without a chat template
+        if self.metric is not None:
+            from .measure import METRICS
+
+            if self.metric not in METRICS:
+                raise UserError(f"unknown metric {self.metric!r}; available: {', '.join(METRICS)}")
         bad = [b for b in self.bits if b not in BITS]
         if bad:
             raise UserError(f"unsupported bit widths {bad}; available: {sorted(BITS)} (16 = full precision)")
@@ -186,7 +192,7 @@ def _run_offset_sweep(target: str | Path, forget, retain, out: str | Path, cfg: 
         raise UserError("the forget set is empty", "give a --forget set with at least one item")
     out, target = Path(out), Path(target)
     t0 = time.time()
-    scoring = scoring_for(forget)
+    scoring = scoring_for(forget, cfg.metric)
     q4 = release_quantizer()
     rows = []
     for o, prec in [(o, p) for o in cfg.offsets for p in cfg.precision]:

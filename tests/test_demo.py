@@ -218,3 +218,31 @@ def test_demo_refuses_bad_unlearn_precisions():
         DemoConfig(unlearn_precisions=("float32", "fp8"))
     with pytest.raises(UserError, match="float32"):
         DemoConfig(unlearn_precisions=("bfloat16",))
+
+
+def test_sweep_metric_override(trained_tiny, tok, qa_people, tmp_path):
+    """--metric picks the recall metric of both sweeps (chat answers need ROUGE-L, not exact match); the unlearned
+    models are the same runs (the recipe does not depend on the metric); an unknown metric fails before any work."""
+    import copy
+
+    import pytest
+
+    from amnesiac.errors import UserError
+    from amnesiac.models import save_model
+    from amnesiac.sweep import SweepConfig, run_sweep
+    from amnesiac.sweep_offset import OffsetSweepConfig
+
+    t = save_model(copy.deepcopy(trained_tiny), tok, tmp_path / "target")
+    f, r = qa_people["forget"][:6], qa_people["retain"][:10]
+
+    def q(*_):
+        return None
+
+    em = run_sweep(t, f, r, tmp_path / "sw", SweepConfig(method="ga_gdr", lrs=[1e-3], bits=[16], max_steps=1, batch_size=4), log=q)
+    rl = run_sweep(t, f, r, tmp_path / "sw", SweepConfig(method="ga_gdr", lrs=[1e-3], bits=[16], max_steps=1, batch_size=4,
+                                                        metric="rougeL_recall"), log=q)
+    assert em["rows"][0]["metric"] == "exact_match" and rl["rows"][0]["metric"] == "rougeL_recall"
+    assert em["rows"][0]["model"] == rl["rows"][0]["model"]
+    for cls in (SweepConfig, OffsetSweepConfig):
+        with pytest.raises(UserError, match="nosuch"):
+            cls(metric="nosuch").check()
