@@ -66,11 +66,9 @@ class AuditConfig(PromptOptions):
         check_device(self.device)
         if self.device_map not in (None, "auto"):
             raise UserError(f"device_map must be 'auto' or unset, got {self.device_map!r}")
-        if self.metric is not None:
-            from .measure import METRICS
+        from .measure import check_metric
 
-            if self.metric not in METRICS:
-                raise UserError(f"unknown metric {self.metric!r}; available: {', '.join(METRICS)}")
+        check_metric(self.metric)
         self.attack_list()
 
     def attack_list(self) -> list[str]:

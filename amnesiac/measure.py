@@ -46,6 +46,12 @@ def _words(s: str) -> int:
     return len(s.split())
 
 
+def check_metric(metric: str | None) -> None:
+    """An option naming a recall metric: None (chosen from the data) or one of METRICS."""
+    if metric is not None and metric not in METRICS:
+        raise UserError(f"unknown metric {metric!r}; available: {', '.join(METRICS)}")
+
+
 def scoring_for(items: Sequence[QAItem], metric: str | None = None) -> Scoring:
     """The metric that decides "is this item known" for these items (`metric` overrides, with a check)."""
     if not items:
@@ -53,9 +59,8 @@ def scoring_for(items: Sequence[QAItem], metric: str | None = None) -> Scoring:
     completion = all(is_completion(it) for it in items)
     has_tr = all(it.perturbed_answers for it in items)
     med = float(np.median([_words(it.answer) for it in items]))
+    check_metric(metric)
     if metric is not None:
-        if metric not in METRICS:
-            raise UserError(f"unknown metric {metric!r}; available: {', '.join(METRICS)}")
         if metric == "truth_ratio" and not has_tr:
             raise UserError("metric 'truth_ratio' needs perturbed_answer on every item; "
                              "available for this data: exact_match, fact, rougeL_recall, prob")

@@ -41,11 +41,9 @@ class SweepConfig(PromptOptions):  # the prompt format (template, chat_template,
 
     def check(self) -> None:
         self.prompt_format()  # a template without {question}, a system prompt without a chat template
-        if self.metric is not None:
-            from .measure import METRICS
+        from .measure import check_metric
 
-            if self.metric not in METRICS:
-                raise UserError(f"unknown metric {self.metric!r}; available: {', '.join(METRICS)}")
+        check_metric(self.metric)
         bad = [b for b in self.bits if b not in BITS]
         if bad:
             raise UserError(f"unsupported bit widths {bad}; available: {sorted(BITS)} (16 = full precision)")

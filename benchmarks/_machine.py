@@ -23,3 +23,21 @@ def cli_env(home, threads: int | None) -> dict:
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
     return env
+
+
+def timed_cli(args: list[str], env: dict, out) -> tuple[float, list[str], dict]:
+    """Run `python -m amnesiac.cli ARGS` as a user would (a subprocess with `env`), time it end to end and read the
+    summary.json it wrote into `out` → (wall seconds, stdout lines, summary). A failing command ends the benchmark."""
+    import json
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    cmd = [sys.executable, "-m", "amnesiac.cli", *args]
+    t = time.perf_counter()
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if r.returncode != 0:
+        raise SystemExit(f"{args[0]} failed (exit {r.returncode}):\n{r.stderr[-3000:]}")
+    return wall, r.stdout.splitlines(), json.loads((Path(out) / "summary.json").read_text())

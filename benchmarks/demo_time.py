@@ -13,29 +13,19 @@ With --warm-only --home DIR, only the warm run is timed against an existing home
 The demo uses both cores for minutes: run it alone (flock /tmp/amnesiac_cpu.lock python benchmarks/demo_time.py).
 """
 import argparse
-import subprocess
 import sys
 import tempfile
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _machine import cli_env, machine  # noqa: E402
+from _machine import cli_env, machine, timed_cli  # noqa: E402
 
 
 def timed_demo(home: Path, out: Path, threads: int | None, extra: list[str]) -> dict:
-    env = cli_env(home, threads)
-    cmd = [sys.executable, "-m", "amnesiac.cli", "demo", "--out", str(out), *extra]
-    t = time.perf_counter()
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t
-    if r.returncode != 0:
-        raise SystemExit(f"demo failed (exit {r.returncode}):\n{r.stderr[-3000:]}")
-    import json
-
-    summary = json.loads((out / "summary.json").read_text())
-    return {"wall_s": round(wall, 2), "command": " ".join(cmd[1:]), "stdout_tail": r.stdout.splitlines()[-5:],
+    args = ["demo", "--out", str(out), *extra]
+    wall, stdout, summary = timed_cli(args, cli_env(home, threads), out)
+    return {"wall_s": round(wall, 2), "command": "-m amnesiac.cli " + " ".join(args), "stdout_tail": stdout[-5:],
             "prepare_s": summary.get("prepare_s"), "unlearn_s": round(sum((summary.get("unlearn_s") or {}).values()), 1),
             "demo_threads": (summary.get("versions") or {}).get("torch_threads")}
 

@@ -9,17 +9,14 @@ what a user runs. Without --threads the CLI picks its own thread count (core/thr
 it keeps the CPU busy for many minutes. Budgets (issue "Speed and scale"): smollm2 ≤ 15 min, tofu ≤ 20 min.
 """
 import argparse
-import json
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _machine import cli_env, machine  # noqa: E402
+from _machine import cli_env, machine, timed_cli  # noqa: E402
 
 
 def main():
@@ -45,13 +42,7 @@ def main():
             (home / "models" / src.name).symlink_to(src)
         env = cli_env(home, a.threads)
         out = Path(d) / "out"
-        cmd = [sys.executable, "-m", "amnesiac.cli", "reproduce", a.protocol, "--out", str(out), *a.extra]
-        t = time.perf_counter()
-        r = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        wall = time.perf_counter() - t
-        if r.returncode != 0:
-            raise SystemExit(f"reproduce failed (exit {r.returncode}):\n{r.stderr[-3000:]}")
-        summary = json.loads((out / "summary.json").read_text())
+        wall, stdout, summary = timed_cli(["reproduce", a.protocol, "--out", str(out), *a.extra], env, out)
         if a.keep:
             shutil.copytree(out, a.keep, dirs_exist_ok=True)
         rec = {"benchmark": "reproduce_time", "protocol": a.protocol, "threads": a.threads, "extra_options": a.extra,
@@ -59,7 +50,7 @@ def main():
                "verdict": (summary.get("verdict") or {}).get("verdict")
                or {sc: v.get("verdict") for sc, v in (summary.get("verdicts") or {}).items()} or None,
                "cli_threads": (summary.get("versions") or {}).get("torch_threads"),
-               "stdout_tail": r.stdout.splitlines()[-3:], "machine": machine(),
+               "stdout_tail": stdout[-3:], "machine": machine(),
                "when": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     write_json(out_json, rec)
     print(f"{a.protocol}: cold {rec['cold_wall_s']:.0f} s; wrote {out_json}")
