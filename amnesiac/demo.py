@@ -20,7 +20,7 @@ import numpy as np
 
 from .io import amnesiac_home, content_key, hash_obj, read_json, versions, write_json
 from .metrics.recovery import MARGIN
-from .runs import cached_measure, cached_unlearn
+from .runs import cached_measure, cached_unlearn, reference_dtype
 
 from .scenarios import CALIBRATED, PRECISIONS, RELEASE_GRID, scenario_models  # noqa: F401  (re-exported)
 
@@ -151,8 +151,6 @@ def eval_row(model_dir: Path, forget, retain, cfg: DemoConfig, cache_dir: Path, 
     without the truth ratio, which no demo table reads (it would be ~6/7 of the scoring time)
     + collapse diagnostics at 4 bits vs the scenario's target (cached by both models' content); a model unlearned
     in pure bf16 is compared with the target cast to bf16, where its run started (runs.reference_dtype)."""
-    from .runs import reference_dtype
-
     from .attacks.quant.spec import is_calibrated
     from .measure import scoring_for
     from .models import load_model
